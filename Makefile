@@ -1,0 +1,48 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SETUP := $(VENV)/.setup-done
+
+.PHONY: setup run test lint typecheck unit protos envoy-config bench clean
+
+$(SETUP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(SETUP)
+
+## run: start Envoy, the authz service and a demo JSON-RPC node; prints working curl commands
+run: setup
+	$(BIN)/python -m authz_server.demo
+
+## test: lint, type-check, then the whole test suite (real keys, real gRPC, a real Envoy)
+test: lint typecheck unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest
+
+## protos: regenerate authz_server/_proto from protos/
+protos: setup
+	$(BIN)/python protos/generate.py
+
+## envoy-config: re-render the checked-in Envoy configs in envoy/
+envoy-config: setup
+	$(BIN)/python -m authz_server.envoy_config
+
+## bench: benchmarks (not part of `make test`)
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

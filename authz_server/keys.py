@@ -1,0 +1,118 @@
+"""Public keys: which files are accepted as keys, and signature checks with one key.
+
+The rules are the contract's "Keys directory" section. They live here, apart from
+the directory walking in ``keystore``, so that every tool that accepts a key applies
+the same ones. Each key is pinned to one algorithm by its type: RSA keys verify
+RS256 only, P-256 keys ES256 only, whatever a token's header claims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+__all__ = [
+    "MAX_KEY_FILE_BYTES",
+    "MAX_RSA_BITS",
+    "MIN_RSA_BITS",
+    "Algorithm",
+    "KeyRejected",
+    "PublicKey",
+    "VerifyKey",
+    "parse_public_key",
+]
+
+Algorithm: TypeAlias = Literal["RS256", "ES256"]
+PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+MIN_RSA_BITS: Final = 2048
+MAX_RSA_BITS: Final = 8192
+# A PEM of an 8192-bit RSA key is about 1.5 KiB; anything far larger is not a key.
+MAX_KEY_FILE_BYTES: Final = 64 * 1024
+
+# Order of the P-256 group: ES256's r and s must lie in [1, n-1] (RFC 7518 3.4).
+_P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_PEM_PUBLIC_LABELS: Final = (b"-----BEGIN PUBLIC KEY-----", b"-----BEGIN RSA PUBLIC KEY-----")
+_PKCS1V15: Final = padding.PKCS1v15()
+_SHA256: Final = hashes.SHA256()
+_ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+
+
+class KeyRejected(ValueError):
+    """A key file's content is not an acceptable public key; ``str()`` says why."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class VerifyKey:
+    """One registered public key, pinned to the one algorithm it may verify."""
+
+    kid: str
+    alg: Algorithm
+    public_key: PublicKey
+
+    def verify(self, signature: bytes, signing_input: bytes) -> bool:
+        """True only when ``signature`` is a valid ``alg`` signature of ``signing_input``."""
+        try:
+            if isinstance(self.public_key, rsa.RSAPublicKey):
+                self.public_key.verify(signature, signing_input, _PKCS1V15, _SHA256)
+                return True
+            # JWS carries ECDSA signatures as the fixed 64-byte r||s, never DER.
+            if len(signature) != 64:
+                return False
+            r = int.from_bytes(signature[:32], "big")
+            s = int.from_bytes(signature[32:], "big")
+            if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
+                return False
+            self.public_key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
+            return True
+        except InvalidSignature:
+            return False
+
+    @property
+    def description(self) -> str:
+        """Type and size, e.g. ``RSA-2048`` or ``EC P-256``."""
+        if isinstance(self.public_key, rsa.RSAPublicKey):
+            return f"RSA-{self.public_key.key_size}"
+        return "EC P-256"
+
+
+def parse_public_key(data: bytes) -> tuple[Algorithm, PublicKey]:
+    """Parse a key file's bytes; raise :class:`KeyRejected` with a one-line reason.
+
+    The reason never quotes the file: it may be a secret put there by mistake.
+    """
+    if not data.strip():
+        raise KeyRejected("empty file")
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeyRejected(f"file larger than {MAX_KEY_FILE_BYTES} bytes")
+    if b"PRIVATE KEY-----" in data:
+        raise KeyRejected("a private key: register only the public key")
+    if not any(label in data for label in _PEM_PUBLIC_LABELS):
+        raise KeyRejected("not a PEM public key (expected BEGIN PUBLIC KEY or RSA PUBLIC KEY)")
+    if data.count(b"-----BEGIN ") > 1:
+        raise KeyRejected("more than one PEM block: one key per file")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise KeyRejected("unreadable PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        bits = key.key_size
+        if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+            raise KeyRejected(
+                f"RSA key of {bits} bits (accepted: {MIN_RSA_BITS} to {MAX_RSA_BITS})"
+            )
+        exponent = key.public_numbers().e
+        if exponent < 3 or exponent % 2 == 0:
+            raise KeyRejected(f"RSA key with unsafe public exponent {exponent}")
+        return "RS256", key
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise KeyRejected(f"EC key on curve {key.curve.name} (accepted: P-256 for ES256)")
+        return "ES256", key
+    kind = type(key).__name__.removesuffix("PublicKey").removeprefix("_") or "unknown"
+    raise KeyRejected(f"{kind} key (accepted: RSA for RS256, EC P-256 for ES256)")

@@ -1,0 +1,235 @@
+"""The gate's decision, exactly as the table in docs/contract.md ("Decision").
+
+:func:`decide` is pure: it takes the token, the project's keys, the policy and the
+current time, and returns a :class:`Decision`. It does no I/O, reads no clock and
+logs nothing; the gRPC service and the ``check`` tooling are thin adapters around it.
+The checks run in the contract's order and the first failing one decides.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+from .keys import VerifyKey
+
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "Allowed",
+    "Decision",
+    "Denied",
+    "Policy",
+    "Reason",
+    "bearer_token",
+    "decide",
+]
+
+MAX_TOKEN_LENGTH: Final = 8 * 1024
+SUPPORTED_ALGORITHMS: Final = ("RS256", "ES256")
+
+
+class Reason(enum.Enum):
+    """Why a request is denied; each value is the exact message clients receive."""
+
+    MISSING_TOKEN = "missing JWT token"  # noqa: S105 - a message, not a secret
+    MALFORMED = "invalid JWT token (malformatted token)"
+    UNSUPPORTED_ALGORITHM = "invalid JWT token (unsupported algorithm)"
+    EMPTY_KEY_ID = "invalid JWT token (empty key id)"
+    UNKNOWN_KEY_ID = "invalid JWT token (empty configuration)"
+    BAD_SIGNATURE = "invalid JWT token (signature verification failed)"
+    EXPIRED = "invalid JWT token (expired token)"
+    NOT_YET_VALID = "invalid JWT token (not reached nbf)"
+    BAD_AUDIENCE = "invalid JWT token (invalid audience)"
+    # Not a row of the table: the service failed closed on an unexpected error.
+    INTERNAL_ERROR = "authorization failed (internal error)"
+
+    @property
+    def message(self) -> str:
+        return self.value
+
+    @property
+    def code(self) -> str:
+        """A short stable name for logs and metric labels, e.g. ``expired``."""
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Operator settings that shape the claim checks."""
+
+    leeway: float = 0.0
+    audience_suffix: str = ""  # empty: ``aud`` is not checked
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.leeway) and self.leeway >= 0):
+            raise ValueError("leeway must be a finite number of seconds >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """Let the request through. ``kid`` is None when the project does not use JWT."""
+
+    kid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """Refuse with ``reason``. ``kid`` is the header's key id once it is known."""
+
+    reason: Reason
+    kid: str | None = None
+
+
+Decision: TypeAlias = Allowed | Denied
+
+_BEARER: Final = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +")
+_COMPACT_JWS: Final = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")
+# base64url without padding: the last character of a 2- or 3-character tail may
+# only carry data bits, or two encodings would decode to the same bytes.
+_CANONICAL_LAST: Final = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <jwt>`` header, or None for no token."""
+    if not authorization:
+        return None
+    match = _BEARER.match(authorization)
+    if match is None:
+        return None
+    return authorization[match.end() :] or None
+
+
+def decide(
+    token: str | None,
+    keys: Mapping[str, VerifyKey] | None,
+    policy: Policy,
+    now: float,
+) -> Decision:
+    """Decide one request. ``keys`` is None when the project has no key directory."""
+    if keys is None:
+        return Allowed(kid=None)
+    if token is None:
+        return Denied(Reason.MISSING_TOKEN)
+    parsed = _parse(token)
+    if parsed is None:
+        return Denied(Reason.MALFORMED)
+    header, claims, signing_input, signature = parsed
+
+    alg = header.get("alg")
+    if alg not in SUPPORTED_ALGORITHMS:
+        return Denied(Reason.UNSUPPORTED_ALGORITHM)
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        return Denied(Reason.EMPTY_KEY_ID)
+    key = keys.get(kid)
+    if key is None:
+        return Denied(Reason.UNKNOWN_KEY_ID, kid)
+    if key.alg != alg or not key.verify(signature, signing_input):
+        return Denied(Reason.BAD_SIGNATURE, kid)
+
+    reason = check_claims(claims, policy, now)
+    return Allowed(kid) if reason is None else Denied(reason, kid)
+
+
+def check_claims(claims: Mapping[str, Any], policy: Policy, now: float) -> Reason | None:
+    """Rows 7 to 9 on claims whose types :func:`decide` has already checked."""
+    # Compared as now - leeway >= exp rather than now >= exp + leeway: exp may be an
+    # integer too large for a float, and Python compares int with float exactly.
+    exp = claims.get("exp")
+    if exp is not None and now - policy.leeway >= exp:
+        return Reason.EXPIRED
+    nbf = claims.get("nbf")
+    if nbf is not None and now + policy.leeway < nbf:
+        return Reason.NOT_YET_VALID
+    aud = claims.get("aud")
+    if aud is not None and policy.audience_suffix:
+        audiences = [aud] if isinstance(aud, str) else aud
+        suffix = policy.audience_suffix.casefold()
+        if not any(a.casefold().endswith(suffix) for a in audiences):
+            return Reason.BAD_AUDIENCE
+    return None
+
+
+def _parse(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes] | None:
+    """Row 2: split, decode and type-check a compact JWS, or None if malformed."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        return None
+    match = _COMPACT_JWS.fullmatch(token)
+    if match is None:
+        return None
+    header_b64, payload_b64, signature_b64 = match.groups()
+    header = _json_object(_b64decode(header_b64))
+    if header is None or "crit" in header:
+        return None
+    claims = _json_object(_b64decode(payload_b64))
+    if claims is None or not _claim_types_ok(claims):
+        return None
+    signature = _b64decode(signature_b64)
+    if signature is None:
+        return None
+    signing_input = token[: match.end(2)].encode("ascii")
+    return header, claims, signing_input, signature
+
+
+def _claim_types_ok(claims: Mapping[str, Any]) -> bool:
+    for name in ("exp", "nbf"):
+        # JSON null is not a number either, and bool is an int subclass in Python.
+        if name in claims and type(claims[name]) not in (int, float):
+            return False
+    aud = claims.get("aud", "")
+    if isinstance(aud, list):
+        return all(isinstance(a, str) for a in aud)
+    return isinstance(aud, str)
+
+
+def _b64decode(segment: str) -> bytes | None:
+    """Strict base64url (RFC 7515 section 2): no padding, no stray bits, alphabet only."""
+    tail = len(segment) % 4
+    if tail == 1 or (tail and segment[-1] not in _CANONICAL_LAST[tail]):
+        return None
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-tail % 4))
+    except binascii.Error:  # pragma: no cover - the regex admits only the alphabet
+        return None
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_object_without_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON, duplicate names, NaN/Infinity,
+        # 1e400 and integers past Python's digit limit; RecursionError deep nesting.
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
