@@ -1,0 +1,31 @@
+"""Helpers shared by the tests (not fixtures: plain functions)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from authz_server.keys import VerifyKey, parse_public_key
+from authz_server.tokens import PrivateKey, public_pem
+
+
+def verify_key(kid: str, private: PrivateKey) -> VerifyKey:
+    alg, public = parse_public_key(public_pem(private))
+    return VerifyKey(kid=kid, alg=alg, public_key=public)
+
+
+def b64(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def segment(obj: Any) -> str:
+    """A base64url JSON segment, built by hand so tests can make any shape."""
+    return b64(json.dumps(obj))
+
+
+def with_parts(token: str, *, header: str | None = None, payload: str | None = None) -> str:
+    """The token with a segment replaced (its signature no longer matches)."""
+    h, p, s = token.split(".")
+    return ".".join((header or h, payload or p, s))
