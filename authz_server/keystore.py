@@ -1,0 +1,311 @@
+"""The keys directory, ``KEYS_DIR/<project>/<kid>.pem``, as immutable snapshots.
+
+A reload builds the next :class:`Snapshot` off the request path and publishes it with
+one attribute assignment, so a check sees the old key set or the new one, never a mix.
+A project's files are re-read only when their stat fingerprint (name, inode, size,
+mtime, following symlinks) changed; unchanged projects carry over as they were.
+
+Failure rules (docs/contract.md, "Keys directory"):
+
+- the directory missing or unreadable while running: the last good snapshot stays;
+- a project directory that cannot be listed: that project keeps its last key set,
+  or, if it had none, denies every token (a storage fault never opens a project);
+- a project with candidate ``.pem`` files of which none loads denies every token:
+  only a project without any key file is open.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final
+
+from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
+
+__all__ = ["MAX_KEYS_PER_PROJECT", "KeyStore", "ProjectKeys", "Snapshot", "is_candidate"]
+
+MAX_KEYS_PER_PROJECT: Final = 25
+KEY_SUFFIX: Final = ".pem"
+
+log = logging.getLogger("authz_server.keystore")
+
+# Events are grouped for at most 50 ms: quick enough for the 1-second promise, and
+# long enough that copying a key file in several writes is read once, whole.
+_DEBOUNCE_MS: Final = 50
+_STEP_MS: Final = 20
+
+# (name, st_dev, st_ino, st_size, st_mtime_ns, st_mode); a dangling link is all zeros.
+_FileStat = tuple[str, int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectKeys:
+    """The active keys of one project that has at least one key file."""
+
+    keys: Mapping[str, VerifyKey]
+    fingerprint: tuple[_FileStat, ...] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every protected project's keys at one moment; never mutated once published."""
+
+    projects: Mapping[str, ProjectKeys] = field(default_factory=lambda: MappingProxyType({}))
+    generation: int = 0
+
+    def keys_for(self, project: str) -> Mapping[str, VerifyKey] | None:
+        """The project's keys, or None when the project does not use JWT."""
+        entry = self.projects.get(project)
+        return None if entry is None else entry.keys
+
+    @property
+    def key_count(self) -> int:
+        return sum(len(p.keys) for p in self.projects.values())
+
+
+def is_candidate(name: str) -> bool:
+    """A directory entry that may hold a key: ``*.pem``, not hidden."""
+    return name.endswith(KEY_SUFFIX) and not name.startswith(".")
+
+
+class KeyStore:
+    """Loads and hot-reloads the keys directory; :attr:`snapshot` is always current."""
+
+    def __init__(self, keys_dir: Path, *, max_keys: int = MAX_KEYS_PER_PROJECT) -> None:
+        self.keys_dir = keys_dir
+        self.max_keys = max_keys
+        self.snapshot = Snapshot()
+        self._lock = threading.Lock()  # one reload at a time; readers never take it
+        self._dir_available = True
+        self.watching = threading.Event()
+
+    # -- loading ---------------------------------------------------------------
+
+    def reload(self, projects: Iterable[str] | None = None) -> Snapshot:
+        """Rescan every project (``projects=None``) or only the named ones."""
+        with self._lock:
+            current = self.snapshot
+            if not self._check_dir():
+                return current
+            if projects is None:
+                try:
+                    names = self._project_names()
+                except OSError as exc:
+                    self._mark_unavailable(exc)
+                    return current
+                updated: dict[str, ProjectKeys] = {}
+            else:
+                names = {p for p in projects if p and not p.startswith(".")}
+                updated = dict(current.projects)
+            for name in names:
+                entry = self._load_project(name, current.projects.get(name))
+                if entry is None:
+                    updated.pop(name, None)
+                else:
+                    updated[name] = entry
+            old = current.projects
+            if updated.keys() == old.keys() and all(updated[k] is old[k] for k in updated):
+                return current
+            self.snapshot = Snapshot(MappingProxyType(updated), current.generation + 1)
+            return self.snapshot
+
+    def _check_dir(self) -> bool:
+        try:
+            info = os.stat(self.keys_dir)
+        except OSError as exc:
+            self._mark_unavailable(exc)
+            return False
+        if not stat.S_ISDIR(info.st_mode):
+            self._mark_unavailable(NotADirectoryError(errno.ENOTDIR, "not a directory"))
+            return False
+        if not self._dir_available:
+            self._dir_available = True
+            log.warning("keys directory %s is back; reloading keys", self.keys_dir)
+        return True
+
+    def _mark_unavailable(self, exc: OSError) -> None:
+        if self._dir_available:
+            self._dir_available = False
+            log.error(
+                "keys directory %s unavailable (%s); keeping the last good key set",
+                self.keys_dir,
+                exc.strerror or type(exc).__name__,
+            )
+
+    def _project_names(self) -> set[str]:
+        names = set()
+        with os.scandir(self.keys_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=True):
+                        names.add(entry.name)
+                except OSError:
+                    continue
+        return names
+
+    def _load_project(self, project: str, previous: ProjectKeys | None) -> ProjectKeys | None:
+        directory = self.keys_dir / project
+        try:
+            fingerprint = _fingerprint(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            if previous is not None:
+                log.info("project %s: key directory removed; project no longer uses JWT", project)
+            return None
+        except OSError as exc:
+            log.error(
+                "project %s: cannot list %s (%s); keeping its last key set",
+                project,
+                directory,
+                exc.strerror or type(exc).__name__,
+            )
+            return previous or ProjectKeys(MappingProxyType({}), ())
+        if previous is not None and previous.fingerprint == fingerprint:
+            return previous
+        if not fingerprint:
+            if previous is not None:
+                log.info("project %s: no key files left; project no longer uses JWT", project)
+            return None
+        return ProjectKeys(self._read_keys(directory, project, fingerprint), fingerprint)
+
+    def _read_keys(
+        self, directory: Path, project: str, fingerprint: tuple[_FileStat, ...]
+    ) -> Mapping[str, VerifyKey]:
+        loaded: list[tuple[int, str, VerifyKey]] = []
+        for name, _dev, _ino, size, mtime_ns, mode in fingerprint:
+            path = directory / name
+            kid = name[: -len(KEY_SUFFIX)]
+            try:
+                key = _read_key_file(path, kid, mode, size)
+            except KeyRejected as exc:
+                log.warning("refused key file %s: %s", path, exc)
+                continue
+            loaded.append((mtime_ns, name, key))
+        loaded.sort(key=lambda item: (item[0], item[1]))
+        for _mtime, name, _key in loaded[self.max_keys :]:
+            log.warning(
+                "refused key file %s: project %s already has %d keys (the oldest stay active)",
+                directory / name,
+                project,
+                self.max_keys,
+            )
+        active = {key.kid: key for _mtime, _name, key in loaded[: self.max_keys]}
+        log.info("project %s: %d active key(s)", project, len(active))
+        return MappingProxyType(active)
+
+    # -- watching --------------------------------------------------------------
+
+    def watch(self, stop: threading.Event, *, rescan_interval: float = 1.0) -> None:
+        """Apply changes until ``stop`` is set: file events at once, a full rescan at
+        least every ``rescan_interval`` seconds as a safety net (missed events,
+        symlinked directories, a volume that comes back). Sets :attr:`watching`
+        once file events are being received."""
+        from watchfiles._rust_notify import RustNotify  # only a running server watches
+
+        interval_ms = max(1, int(rescan_interval * 1000))
+        while not stop.is_set():
+            try:
+                notify = RustNotify([str(self.keys_dir)], False, False, 0, True, True)
+            except (OSError, RuntimeError):  # the directory is gone: rescan until it is back
+                self._safe_reload(None)
+                stop.wait(rescan_interval)
+                continue
+            with notify:
+                # Anything changed between the last load and arming the watcher is seen here.
+                self._safe_reload(None)
+                self.watching.set()
+                last_full = time.monotonic()
+                while not stop.is_set():
+                    try:
+                        result = notify.watch(_DEBOUNCE_MS, _STEP_MS, interval_ms, stop)
+                    except (OSError, RuntimeError):
+                        break
+                    if result == "stop":
+                        return
+                    projects = None
+                    if isinstance(result, set):
+                        projects = self._projects_of(path for _change, path in result)
+                    overdue = time.monotonic() - last_full >= rescan_interval
+                    if projects is None or overdue:
+                        self._safe_reload(None)
+                        last_full = time.monotonic()
+                        if not self._dir_available:
+                            break  # re-arm on the directory once it is back
+                    elif projects:
+                        self._safe_reload(projects)
+            self.watching.clear()
+            stop.wait(rescan_interval)
+
+    def _projects_of(self, paths: Iterable[str]) -> set[str] | None:
+        """Projects touched by these paths, or None when a full rescan is needed."""
+        projects: set[str] = set()
+        root = str(self.keys_dir.absolute())
+        for raw in paths:
+            rel = os.path.relpath(raw, root)
+            first = rel.split(os.sep, 1)[0]
+            if first in (".", "..") or first.startswith(".."):
+                return None
+            if os.sep not in rel and not os.path.isdir(raw):
+                # A top-level entry that is no directory: a symlink swap or a stray file.
+                return None
+            projects.add(first)
+        return projects
+
+    def _safe_reload(self, projects: set[str] | None) -> None:
+        try:
+            self.reload(projects)
+        except Exception:  # the watcher must outlive any one bad reload
+            log.exception("key reload failed; keeping the last good key set")
+
+
+def _fingerprint(directory: Path) -> tuple[_FileStat, ...]:
+    stats: list[_FileStat] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not is_candidate(entry.name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:  # a dangling symlink; refused when read
+                stats.append((entry.name, 0, 0, 0, 0, 0))
+                continue
+            stats.append((entry.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode))
+    return tuple(sorted(stats))
+
+
+def _read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
+    if mode == 0:
+        raise KeyRejected("dangling symlink")
+    if not stat.S_ISREG(mode):
+        raise KeyRejected("not a regular file")
+    if size > MAX_KEY_FILE_BYTES:
+        raise KeyRejected(f"file larger than {MAX_KEY_FILE_BYTES} bytes")
+    try:
+        # O_NONBLOCK: if the file was swapped for a FIFO since the stat, never hang.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise KeyRejected(f"cannot open ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyRejected("not a regular file")
+        chunks: list[bytes] = []
+        remaining = MAX_KEY_FILE_BYTES + 1
+        while remaining > 0 and (chunk := os.read(fd, remaining)):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise KeyRejected(f"cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    alg, public_key = parse_public_key(data)
+    return VerifyKey(kid=kid, alg=alg, public_key=public_key)
