@@ -1,0 +1,235 @@
+"""``authz-server``: command line → :class:`Settings` → running server.
+
+Every option can also come from an ``AUTHZ_``-prefixed environment variable
+(``--keys-dir`` from ``AUTHZ_KEYS_DIR`` and so on); the command line wins.
+Bad configuration exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from . import __version__
+from .keystore import KeyStore
+from .service import AuthorizationService, GateServer
+from .verifier import Policy
+
+__all__ = ["Settings", "main", "serve"]
+
+log = logging.getLogger("authz_server")
+
+# A service in a container or beside Envoy listens on every interface by default.
+DEFAULT_LISTEN = "0.0.0.0:9001"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    keys_dir: Path
+    listen: str = DEFAULT_LISTEN
+    audience_suffix: str = ""
+    leeway: float = 0.0
+    forward_jwt: bool = False
+    rescan_interval: float = 1.0
+    threads: int = 16
+    log_level: str = "INFO"
+    grace: float = 5.0
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get("AUTHZ_" + name.upper().replace("-", "_"))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
+
+
+def _listen(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authz-server",
+        description="Envoy ext_authz service enforcing per-project RS256/ES256 JWTs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the gRPC authorization service",
+        description="Run the ext_authz gRPC service (Authorization/Check and grpc.health.v1).",
+        epilog="example: authz-server serve --keys-dir ./keys --listen 0.0.0.0:9001",
+    )
+
+    def option(flag: str, *, env_type: object = None, **kwargs: object) -> None:
+        dest = flag.removeprefix("--").replace("-", "_")
+        env_value = _env(dest)
+        help_text = str(kwargs.pop("help", ""))
+        help_text += f" [env AUTHZ_{dest.upper()}]"
+        if env_value is not None:
+            kwargs["default"] = env_value  # argparse applies `type` to string defaults
+            kwargs.pop("required", None)
+        serve_cmd.add_argument(flag, help=help_text, **kwargs)  # type: ignore[arg-type]
+
+    option("--keys-dir", required=True, type=Path, help="directory of <project>/<kid>.pem keys")
+    option("--listen", default=DEFAULT_LISTEN, type=_listen, help="gRPC HOST:PORT")
+    option("--audience-suffix", default="", help="when set, `aud` must end with it")
+    option("--leeway", default="0", type=_seconds, help="clock skew allowed on exp/nbf, seconds")
+    option(
+        "--forward-jwt",
+        nargs="?",
+        const="true",
+        default="false",
+        type=_flag,
+        help="keep the Authorization header on allowed requests",
+    )
+    option(
+        "--rescan-interval",
+        default="1",
+        type=_seconds,
+        help="full rescan of the keys directory at least this often, seconds",
+    )
+    option("--threads", default="16", type=_positive_int, help="gRPC worker threads")
+    option(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level",
+    )
+    return parser
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit status."""
+    store = KeyStore(settings.keys_dir)
+    snapshot = store.reload()
+    service = AuthorizationService(
+        lambda: store.snapshot,
+        Policy(leeway=settings.leeway, audience_suffix=settings.audience_suffix),
+        forward_jwt=settings.forward_jwt,
+    )
+    try:
+        server = GateServer(service, settings.listen, threads=settings.threads)
+    except (OSError, RuntimeError) as exc:
+        print(f"authz-server: error: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; draining", signal.Signals(signum).name)
+        stop.set()
+
+    # Installed before anything is announced, so an early signal still drains cleanly.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # The kernel may deliver a signal to any thread (gRPC's, the watcher's), and Python
+    # runs handlers only in the main thread: the wakeup fd wakes it up wherever it lands.
+    wakeup_read, wakeup_write = socket.socketpair()
+    wakeup_read.setblocking(False)
+    wakeup_write.setblocking(False)
+    previous_wakeup_fd = signal.set_wakeup_fd(wakeup_write.fileno())
+    watcher = threading.Thread(
+        target=store.watch,
+        args=(stop,),
+        kwargs={"rescan_interval": settings.rescan_interval or 1.0},
+        name="keys-watcher",
+        daemon=True,
+    )
+    try:
+        watcher.start()
+        server.start()
+        log.info(
+            "serving on %s: keys dir %s, %d project(s) with %d key(s)",
+            server.address,
+            settings.keys_dir,
+            len(snapshot.projects),
+            snapshot.key_count,
+        )
+        while not stop.is_set():
+            select.select([wakeup_read], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                wakeup_read.recv(64)
+    finally:
+        stop.set()
+        server.stop(settings.grace)
+        watcher.join(timeout=settings.grace)
+        signal.set_wakeup_fd(previous_wakeup_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        wakeup_read.close()
+        wakeup_write.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    keys_dir: Path = args.keys_dir
+    if not keys_dir.is_dir():
+        what = "is not a directory" if keys_dir.exists() else "does not exist"
+        parser.error(f"keys directory {keys_dir} {what}")
+    if not os.access(keys_dir, os.R_OK | os.X_OK):
+        parser.error(f"keys directory {keys_dir} is not readable")
+    settings = Settings(
+        keys_dir=keys_dir,
+        listen=args.listen,
+        audience_suffix=args.audience_suffix,
+        leeway=args.leeway,
+        forward_jwt=args.forward_jwt,
+        rescan_interval=args.rescan_interval,
+        threads=args.threads,
+        log_level=args.log_level,
+    )
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

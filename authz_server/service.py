@@ -1,0 +1,201 @@
+"""The gRPC face of the gate: ``envoy.service.auth.v3.Authorization/Check`` and health.
+
+A thin adapter: it finds the project and the token in Envoy's ``CheckRequest``, asks
+:func:`~authz_server.verifier.decide`, and turns the decision into a ``CheckResponse``.
+It never raises: anything unexpected becomes a denial (the gate fails closed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from concurrent import futures
+from typing import Final
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ._proto.envoy.config.core.v3 import base_pb2
+from ._proto.envoy.service.auth.v3 import (
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
+from ._proto.envoy.type.v3 import http_status_pb2
+from .keystore import Snapshot
+from .verifier import Allowed, Decision, Denied, Policy, Reason, bearer_token, decide
+
+__all__ = [
+    "JWT_KID_HEADER",
+    "SERVICE_NAME",
+    "AuthorizationService",
+    "GateServer",
+    "deny_body",
+    "project_of",
+]
+
+SERVICE_NAME: Final = "envoy.service.auth.v3.Authorization"
+JWT_KID_HEADER: Final = "x-jwt-kid"
+JSON_RPC_UNAUTHORIZED: Final = -32013
+
+log = logging.getLogger("authz_server.service")
+
+_OK_STATUS: Final = status_pb2.Status(code=code_pb2.OK)
+_FORBIDDEN: Final = http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden)
+_JSON_CONTENT_TYPE: Final = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="content-type", value="application/json"),
+    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+)
+# A project without keys passes untouched, except that a client may not forge the
+# header upstream services trust to say which key signed the request.
+_OPEN_PROJECT_RESPONSE: Final = external_auth_pb2.CheckResponse(
+    status=_OK_STATUS,
+    ok_response=external_auth_pb2.OkHttpResponse(headers_to_remove=[JWT_KID_HEADER]),
+)
+
+
+def project_of(attributes: attribute_context_pb2.AttributeContext) -> str:
+    """The route's ``project`` context extension, else the path's last segment."""
+    project = attributes.context_extensions.get("project")
+    if project:
+        return project
+    path = attributes.request.http.path.partition("?")[0]
+    return path.rstrip("/").rpartition("/")[2]
+
+
+def deny_body(reason: Reason, project: str) -> str:
+    """The JSON-RPC style error body of a denial."""
+    return json.dumps(
+        {"code": JSON_RPC_UNAUTHORIZED, "message": reason.message, "project": project}
+    )
+
+
+def _printable(value: str, limit: int = 96) -> str:
+    """A client-chosen string made safe for one log line."""
+    text = value[:limit].encode("unicode_escape").decode("ascii")
+    return text + "..." if len(value) > limit else text
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    """Answers Envoy's ``Check`` calls from the current key snapshot."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        policy: Policy,
+        *,
+        forward_jwt: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._snapshot = snapshot
+        self._policy = policy
+        self._clock = clock
+        self._remove_on_allow = () if forward_jwt else ("authorization",)
+
+    def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        return self.check(request)
+
+    def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+        project = ""
+        try:
+            attributes = request.attributes
+            project = project_of(attributes)
+            http = attributes.request.http
+            token = bearer_token(http.headers.get("authorization"))
+            keys = self._snapshot().keys_for(project)
+            decision: Decision = decide(token, keys, self._policy, self._clock())
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
+            log.error(
+                "internal error on project %s (%s); denied\n%s",
+                _printable(project),
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            )
+            decision = Denied(Reason.INTERNAL_ERROR)
+        if isinstance(decision, Allowed):
+            return self._allow(decision)
+        log.info(
+            "denied project=%s reason=%s kid=%s request_id=%s",
+            _printable(project),
+            decision.reason.code,
+            "-" if decision.kid is None else _printable(decision.kid),
+            _printable(request.attributes.request.http.id) or "-",
+        )
+        return self._deny(decision.reason, project)
+
+    def _allow(self, decision: Allowed) -> external_auth_pb2.CheckResponse:
+        if decision.kid is None:
+            return _OPEN_PROJECT_RESPONSE
+        kid_header = base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=JWT_KID_HEADER, value=decision.kid),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        return external_auth_pb2.CheckResponse(
+            status=_OK_STATUS,
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=[kid_header], headers_to_remove=self._remove_on_allow
+            ),
+        )
+
+    @staticmethod
+    def _deny(reason: Reason, project: str) -> external_auth_pb2.CheckResponse:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason.message),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=_FORBIDDEN, headers=[_JSON_CONTENT_TYPE], body=deny_body(reason, project)
+            ),
+        )
+
+
+class GateServer:
+    """A gRPC server with the Check and health services on one listen address."""
+
+    def __init__(
+        self,
+        service: AuthorizationService,
+        listen: str,
+        *,
+        threads: int = 16,
+    ) -> None:
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+        # The generated registration function has no type hints.
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, self._server)  # type: ignore[no-untyped-call]
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.port = self._server.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        self.listen = listen
+
+    @property
+    def address(self) -> str:
+        """The listen address with the port actually bound (useful with port 0)."""
+        host = self.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> None:
+        self._server.start()
+        self.set_serving(True)
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop taking calls, let the ones in flight finish within ``grace``."""
+        self.set_serving(False)
+        self._server.stop(grace).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self._server.wait_for_termination(timeout))
