@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from authz_server.keys import VerifyKey, parse_public_key
@@ -29,3 +31,13 @@ def with_parts(token: str, *, header: str | None = None, payload: str | None = N
     """The token with a segment replaced (its signature no longer matches)."""
     h, p, s = token.split(".")
     return ".".join((header or h, payload or p, s))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> float:
+    """Poll until ``predicate()`` is true; return the seconds it took, or fail."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - start

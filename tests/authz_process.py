@@ -1,0 +1,114 @@
+"""Run ``authz-server serve`` as a real process on port 0 and learn its address."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+
+_SERVING = re.compile(r"serving on (\S+):(\d+):")
+
+
+def authz_server_binary() -> str:
+    path = Path(sys.executable).parent / "authz-server"
+    if not path.exists():
+        raise RuntimeError(f"authz-server is not installed next to {sys.executable}")
+    return str(path)
+
+
+class AuthzProcess:
+    """``authz-server serve`` in a subprocess; ``.address`` once it serves."""
+
+    def __init__(
+        self,
+        keys_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 20.0,
+    ) -> None:
+        self.command = [
+            authz_server_binary(),
+            "serve",
+            "--keys-dir",
+            str(keys_dir),
+            "--listen",
+            "127.0.0.1:0",
+            *args,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.timeout = timeout
+        self.lines: deque[str] = deque(maxlen=2000)
+        self.address = ""
+        self.port = 0
+        self._ready = threading.Event()
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> AuthzProcess:
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + self.timeout
+        while not self._ready.wait(0.02):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("authz-server did not start:\n" + self.log)
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+            match = _SERVING.search(line)
+            if match and not self._ready.is_set():
+                self.port = int(match.group(2))
+                self.address = f"127.0.0.1:{self.port}"
+                self._ready.set()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return self.process.returncode
+
+    def __enter__(self) -> AuthzProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
