@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import select
@@ -16,10 +17,11 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from . import __version__
 from .keystore import KeyStore
@@ -32,6 +34,10 @@ log = logging.getLogger("authz_server")
 
 # A service in a container or beside Envoy listens on every interface by default.
 DEFAULT_LISTEN = "0.0.0.0:9001"
+
+# Modules that add sub-commands through a ``register(subparsers)`` function; each
+# command sets ``func`` (args -> exit status) on its parser with set_defaults.
+_COMMAND_MODULES = ("admin",)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -113,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs.pop("required", None)
         serve_cmd.add_argument(flag, help=help_text, **kwargs)  # type: ignore[arg-type]
 
+    serve_cmd.set_defaults(func=_serve_command, parser=serve_cmd)
     option("--keys-dir", required=True, type=Path, help="directory of <project>/<kid>.pem keys")
     option("--listen", default=DEFAULT_LISTEN, type=_listen, help="gRPC HOST:PORT")
     option("--audience-suffix", default="", help="when set, `aud` must end with it")
@@ -139,7 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level",
     )
+    for register in _command_modules():
+        register(commands)
     return parser
+
+
+def _command_modules() -> list[Callable[[Any], None]]:
+    """``register(subparsers)`` of each module that adds sub-commands (keys, tokens, ...)."""
+    registrars: list[Callable[[Any], None]] = []
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"authz_server.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"authz_server.{name}":
+                raise
+            continue
+        registrars.append(module.register)
+    return registrars
 
 
 def serve(settings: Settings) -> int:
@@ -204,9 +227,7 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -215,9 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys_dir: Path = args.keys_dir
     if not keys_dir.is_dir():
         what = "is not a directory" if keys_dir.exists() else "does not exist"
-        parser.error(f"keys directory {keys_dir} {what}")
+        args.parser.error(f"keys directory {keys_dir} {what}")
     if not os.access(keys_dir, os.R_OK | os.X_OK):
-        parser.error(f"keys directory {keys_dir} is not readable")
+        args.parser.error(f"keys directory {keys_dir} is not readable")
     settings = Settings(
         keys_dir=keys_dir,
         listen=args.listen,
@@ -229,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
     )
     return serve(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":
