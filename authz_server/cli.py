@@ -146,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level",
     )
+    health_cmd = commands.add_parser(
+        "health",
+        help="ask a running service whether it is serving (exit 0) or not (exit 1)",
+        description="Query grpc.health.v1 of a running authz-server; for probes and HEALTHCHECK.",
+        epilog="example: authz-server health --address 127.0.0.1:9001",
+    )
+    health_cmd.add_argument("--address", default="127.0.0.1:9001", type=_listen)
+    health_cmd.add_argument("--service", default="", help="service name ('' = the server)")
+    health_cmd.add_argument("--timeout", default=2.0, type=_seconds, help="seconds")
+    health_cmd.set_defaults(func=_health_command)
     for register in _command_modules():
         register(commands)
     return parser
@@ -250,6 +260,23 @@ def _serve_command(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return serve(settings)
+
+
+def _health_command(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"{args.address}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,6 +107,18 @@ def test_it_serves_health_and_exits_0_on_sigterm(tmp_path: Path) -> None:
         assert "stopped" in process.log
 
 
+def test_the_health_command_answers_for_probes(tmp_path: Path) -> None:
+    with AuthzProcess(tmp_path) as process:
+        result = run("health", "--address", process.address)
+        assert result.returncode == 0
+        assert "SERVING" in result.stdout
+        unknown = run("health", "--address", process.address, "--service", "nope")
+        assert unknown.returncode == 1
+    down = run("health", "--address", process.address, "--timeout", "0.5")
+    assert down.returncode == 1
+    assert "UNAVAILABLE" in down.stderr or "DEADLINE_EXCEEDED" in down.stderr
+
+
 def test_sigint_stops_it_cleanly_too(tmp_path: Path) -> None:
     with AuthzProcess(tmp_path) as process:
         process.signal(signal.SIGINT)
