@@ -1,0 +1,254 @@
+"""A tiny JSON-RPC 2.0 "node" to stand behind Envoy in the demo and the end-to-end tests.
+
+It answers ``eth_blockNumber`` (a block number that grows with every call), ``eth_chainId``
+and ``net_version``, single calls and batches, with the JSON-RPC error objects for parse
+errors, invalid requests and unknown methods. It remembers the headers of the latest requests
+(``JsonRpcNode.requests``) so a test can see exactly what Envoy let through.
+
+``python -m authz_server.demo_upstream --listen HOST:PORT`` runs it until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, Final
+
+__all__ = ["JsonRpcNode", "main"]
+
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+
+_MAX_BODY: Final = 1 << 20
+_FIRST_BLOCK: Final = 0x1000000
+_STATIC_RESULTS: Final = {"eth_chainId": "0x1", "net_version": "1"}
+
+_Response = dict[str, Any]
+
+
+class JsonRpcNode:
+    """A JSON-RPC node on ``ThreadingHTTPServer``; a context manager that starts and stops it."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, history: int = 1000) -> None:
+        self._address = (host, port)
+        self._lock = threading.Lock()
+        self._requests: deque[dict[str, str]] = deque(maxlen=history)
+        self._block = _FIRST_BLOCK
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def host(self) -> str:
+        return self._address[0]
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when constructed with port 0); 0 before ``start``."""
+        return self._server.server_address[1] if self._server is not None else 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def requests(self) -> list[dict[str, str]]:
+        """Headers of the most recent requests, oldest first, names lower-cased."""
+        with self._lock:
+            return list(self._requests)
+
+    def start(self) -> JsonRpcNode:
+        if self._server is not None:
+            raise RuntimeError("JsonRpcNode is already started")
+        self._server = _Server(self._address, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"json-rpc-node:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> JsonRpcNode:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _record(self, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._requests.append(headers)
+
+    def _next_block(self) -> str:
+        with self._lock:
+            self._block += 1
+            return hex(self._block)
+
+    def answer(self, body: bytes) -> Any:
+        """The JSON-RPC reply to one HTTP body; ``None`` when nothing is owed (notifications)."""
+        try:
+            message = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _error(None, PARSE_ERROR, "Parse error")
+        if isinstance(message, list):
+            if not message:
+                return _error(None, INVALID_REQUEST, "Invalid Request")
+            replies = [reply for call in message if (reply := self._call(call)) is not None]
+            return replies or None
+        return self._call(message)
+
+    def _call(self, call: Any) -> _Response | None:
+        if not isinstance(call, dict):
+            return _error(None, INVALID_REQUEST, "Invalid Request")
+        call_id = call.get("id")
+        if (
+            call.get("jsonrpc") != "2.0"
+            or not isinstance(call.get("method"), str)
+            or not _is_valid_id(call_id)
+            or not isinstance(call.get("params", []), list | dict)
+        ):
+            return _error(
+                call_id if _is_valid_id(call_id) else None, INVALID_REQUEST, "Invalid Request"
+            )
+        method: str = call["method"]
+        result = self._next_block() if method == "eth_blockNumber" else _STATIC_RESULTS.get(method)
+        if "id" not in call:
+            return None  # a notification: no reply, whatever happened
+        if result is None:
+            return _error(call_id, METHOD_NOT_FOUND, "Method not found")
+        return {"jsonrpc": "2.0", "id": call_id, "result": result}
+
+
+def _is_valid_id(value: object) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+def _error(call_id: object, code: int, message: str) -> _Response:
+    return {"jsonrpc": "2.0", "id": call_id, "error": {"code": code, "message": message}}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], node: JsonRpcNode) -> None:
+        self.node = node
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    # Keep-alive, as a real node does; every reply below carries a Content-Length.
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.server.node._record(self._header_dict())
+        length = self.headers.get("content-length")
+        if length is None or not length.isdigit():
+            self._send(411, b"")
+            return
+        if int(length) > _MAX_BODY:
+            self.close_connection = True
+            self._send(413, b"")
+            return
+        reply = self.server.node.answer(self.rfile.read(int(length)))
+        if reply is None:
+            self._send(204, b"")
+        else:
+            self._send(200, json.dumps(reply).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        self.server.node._record(self._header_dict())
+        self._send(405, b"", extra={"allow": "POST"})
+
+    def _header_dict(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        return headers
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        if content_type is not None:
+            self.send_header("content-type", content_type)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: a demo node that logs every request drowns the output it sits behind."""
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m authz_server.demo_upstream",
+        description="A demo JSON-RPC node (eth_blockNumber, eth_chainId, net_version).",
+    )
+    parser.add_argument(
+        "--listen",
+        type=_parse_listen,
+        default=("127.0.0.1", 8545),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8545)",
+    )
+    host, port = parser.parse_args(argv).listen
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {
+        signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        with JsonRpcNode(host, port) as node:
+            sys.stdout.write(f"demo JSON-RPC node listening on {host}:{node.port}\n")
+            sys.stdout.flush()
+            stop.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

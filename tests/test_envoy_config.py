@@ -1,0 +1,397 @@
+"""The rendered Envoy configs: what Envoy accepts, and what a real Envoy does with them."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from authz_process import AuthzProcess
+
+from authz_server.demo_upstream import JsonRpcNode
+from authz_server.envoy_config import (
+    Endpoint,
+    ProjectRoute,
+    main,
+    render,
+    render_yaml,
+    rendered_files,
+)
+from authz_server.envoy_process import EnvoyProcess, validate
+from authz_server.tokens import PrivateKey, mint, public_pem
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK_0 = Endpoint("127.0.0.1", 0)
+EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+UNAVAILABLE = {"code": -32013, "message": "authorization service unavailable", "project": ""}
+MAINNET = ProjectRoute("/v1/mainnet/", "demo-mainnet")
+TYPED_FIELDS = ("typed_config", "typed_per_filter_config", "typed_extension_protocol_options")
+
+
+def rendering(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "listen": LOOPBACK_0,
+        "authz": Endpoint("127.0.0.1", 9001),
+        "upstream": Endpoint("127.0.0.1", 8545),
+    }
+    return render(**{**kwargs, **overrides})
+
+
+def connection_manager(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (manager,) = chain["filters"]
+    assert manager["name"] == "envoy.filters.network.http_connection_manager"
+    typed: dict[str, Any] = manager["typed_config"]
+    return typed
+
+
+def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    (virtual_host,) = connection_manager(config)["route_config"]["virtual_hosts"]
+    result: list[dict[str, Any]] = virtual_host["routes"]
+    return result
+
+
+def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
+
+
+# --- what Envoy accepts ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(rendering(), id="ip-literals"),
+        pytest.param(rendering(admin=Endpoint("127.0.0.1", 9901)), id="with-admin"),
+        pytest.param(
+            rendering(authz=Endpoint("authz", 9001), upstream=Endpoint("node", 8545)),
+            id="dns-names",
+        ),
+        pytest.param(
+            rendering(authz=Endpoint("::1", 9001), upstream=Endpoint("::1", 8545)), id="ipv6"
+        ),
+        pytest.param(
+            rendering(project_routes=[MAINNET, ProjectRoute("/v1/sepolia/", "demo-sepolia")]),
+            id="project-routes",
+        ),
+        pytest.param(rendering(authz_timeout_s=2.5), id="long-timeout"),
+    ],
+)
+def test_every_rendering_is_accepted_by_envoy_validate(config: dict[str, Any]) -> None:
+    validate(config)
+
+
+@pytest.mark.parametrize("relative", sorted(rendered_files()))
+def test_every_checked_in_file_is_accepted_by_envoy_validate(relative: str) -> None:
+    validate(yaml.safe_load((ROOT / relative).read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("relative", sorted(rendered_files()))
+def test_the_checked_in_files_equal_their_rendering(relative: str) -> None:
+    path = ROOT / relative
+    assert path.exists(), f"{relative} is missing: run `make envoy-config`"
+    assert path.read_text(encoding="utf-8") == rendered_files()[relative], (
+        f"{relative} is stale: run `make envoy-config`"
+    )
+
+
+def test_the_module_writes_the_checked_in_files_and_then_checks_them(tmp_path: Path) -> None:
+    assert main(["--root", str(tmp_path), "--check"]) == 1
+    assert main(["--root", str(tmp_path)]) == 0
+    for relative, text in rendered_files().items():
+        assert (tmp_path / relative).read_text(encoding="utf-8") == text
+    assert main(["--root", str(tmp_path), "--check"]) == 0
+
+
+# --- what the config says ----------------------------------------------------------------------
+
+
+def test_the_http_filters_are_ext_authz_then_the_router() -> None:
+    filters = connection_manager(rendering())["http_filters"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_ext_authz_fails_closed_over_grpc_v3_with_the_configured_timeout() -> None:
+    ext_authz = connection_manager(rendering(authz_timeout_s=0.4))["http_filters"][0]
+    typed = ext_authz["typed_config"]
+    assert typed["@type"] == EXT_AUTHZ_TYPE
+    # Proto3 JSON leaves out fields at their default: absent means false.
+    assert typed.get("failure_mode_allow", False) is False
+    assert typed["transport_api_version"] == "V3"
+    assert typed["grpc_service"] == {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.400s"}
+    assert "status_on_error" not in typed  # Envoy's default: 403
+
+
+def test_a_project_route_names_its_project_in_the_context_extensions() -> None:
+    first, catch_all = routes(rendering(project_routes=[MAINNET]))
+    assert first["match"] == {"prefix": "/v1/mainnet/"}
+    assert first["route"] == {"cluster": "upstream"}
+    assert first["typed_per_filter_config"] == {
+        "envoy.filters.http.ext_authz": {
+            "@type": PER_ROUTE_TYPE,
+            "check_settings": {"context_extensions": {"project": "demo-mainnet"}},
+        }
+    }
+    assert catch_all["match"] == {"prefix": "/"}
+    assert "typed_per_filter_config" not in catch_all
+
+
+def test_project_routes_keep_their_order_before_the_catch_all() -> None:
+    given = [ProjectRoute("/a/b/", "ab"), ProjectRoute("/a/", "a")]
+    assert [r["match"]["prefix"] for r in routes(rendering(project_routes=given))] == [
+        "/a/b/",
+        "/a/",
+        "/",
+    ]
+
+
+def test_without_project_routes_there_is_only_the_catch_all() -> None:
+    assert [r["match"] for r in routes(rendering())] == [{"prefix": "/"}]
+
+
+def test_ip_literals_make_static_clusters_and_names_make_dns_clusters() -> None:
+    by_ip = clusters(rendering(authz=Endpoint("10.0.0.5", 9001), upstream=Endpoint("::1", 1)))
+    by_name = clusters(rendering(authz=Endpoint("authz", 9001), upstream=Endpoint("node", 1)))
+    assert {name: c["type"] for name, c in by_ip.items()} == {
+        "authz": "STATIC",
+        "upstream": "STATIC",
+    }
+    assert {name: c["type"] for name, c in by_name.items()} == {
+        "authz": "STRICT_DNS",
+        "upstream": "STRICT_DNS",
+    }
+
+
+def test_the_authz_cluster_speaks_http2_and_the_upstream_http1() -> None:
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    found = clusters(rendering())
+    authz = found["authz"]["typed_extension_protocol_options"][options]
+    upstream = found["upstream"]["typed_extension_protocol_options"][options]
+    assert authz["@type"] == f"type.googleapis.com/{options}"
+    assert authz["explicit_http_config"] == {"http2_protocol_options": {}}
+    assert upstream["explicit_http_config"] == {"http_protocol_options": {}}
+    assert found["authz"]["connect_timeout"] == "1s"
+
+
+def test_the_admin_interface_is_there_only_when_asked_for() -> None:
+    assert "admin" not in rendering()
+    with_admin = rendering(admin=Endpoint("127.0.0.1", 9901))
+    assert with_admin["admin"] == {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}
+    }
+
+
+def test_the_edge_normalises_paths_and_trusts_only_the_peer_address() -> None:
+    manager = connection_manager(rendering())
+    assert manager["normalize_path"] is True
+    assert manager["merge_slashes"] is True
+    assert manager["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+    assert manager["use_remote_address"] is True
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: Endpoint("", 1), id="empty-host"),
+        pytest.param(lambda: Endpoint("h", 65536), id="port-too-big"),
+        pytest.param(lambda: Endpoint("h", -1), id="negative-port"),
+        pytest.param(lambda: ProjectRoute("v1/", "p"), id="relative-prefix"),
+        pytest.param(lambda: ProjectRoute("/v1/", ""), id="empty-project"),
+        pytest.param(lambda: rendering(authz_timeout_s=0), id="zero-timeout"),
+    ],
+)
+def test_nonsense_arguments_are_refused_before_envoy_sees_them(make: Callable[[], Any]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the messages are for people
+        make()
+
+
+def test_every_typed_config_carries_its_type_url() -> None:
+    config = rendering(project_routes=[MAINNET], admin=LOOPBACK_0)
+    typed = list(_typed_configs(config))
+    assert len(typed) >= 7
+    for value in typed:
+        assert value["@type"].startswith("type.googleapis.com/envoy."), value
+
+
+def test_the_yaml_is_the_rendering_under_a_generated_by_header() -> None:
+    kwargs: dict[str, Any] = {
+        "listen": LOOPBACK_0,
+        "authz": Endpoint("authz", 9001),
+        "upstream": Endpoint("node", 8545),
+        "project_routes": [MAINNET],
+    }
+    text = render_yaml(**kwargs)
+    assert text.startswith("# Generated by `authz-server envoy-config`")
+    assert yaml.safe_load(text) == render(**kwargs)
+    assert render_yaml(**kwargs) == text
+
+
+def test_the_checked_in_config_is_the_compose_topology() -> None:
+    config = yaml.safe_load(rendered_files()["envoy/envoy.yaml"])
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 10000}
+    assert config["admin"]["address"]["socket_address"] == {
+        "address": "0.0.0.0",
+        "port_value": 9901,
+    }
+    endpoints = {
+        name: cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        for name, cluster in clusters(config).items()
+    }
+    assert endpoints["authz"]["address"]["socket_address"] == {
+        "address": "authz",
+        "port_value": 9001,
+    }
+    assert endpoints["upstream"]["address"]["socket_address"] == {
+        "address": "node",
+        "port_value": 8545,
+    }
+    assert [r["match"] for r in routes(config)] == [{"prefix": "/"}]
+
+
+def _typed_configs(value: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key in (
+                "typed_config",
+                "typed_per_filter_config",
+                "typed_extension_protocol_options",
+            ):
+                children = [child] if key == "typed_config" else list(child.values())
+                yield from children
+            yield from _typed_configs(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _typed_configs(child)
+
+
+# --- what a real Envoy does with it ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dead_authz(kind: str) -> Iterator[Endpoint]:
+    """An authz address that refuses connections, or accepts them and never answers."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        if kind == "refusing":
+            sock.close()  # bound, then released: nothing listens there
+        else:
+            sock.listen(16)  # the kernel completes handshakes; nobody reads or writes
+        yield Endpoint("127.0.0.1", port)
+    finally:
+        sock.close()
+
+
+def post(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(
+            "POST", path, body=body, headers={"content-type": "application/json", **(headers or {})}
+        )
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def node() -> Iterator[JsonRpcNode]:
+    with JsonRpcNode() as running:
+        yield running
+
+
+@pytest.mark.parametrize("kind", ["refusing", "silent"])
+def test_with_the_authz_service_down_envoy_fails_closed_with_403(
+    node: JsonRpcNode, kind: str
+) -> None:
+    with (
+        dead_authz(kind) as authz,
+        EnvoyProcess(
+            render(
+                listen=LOOPBACK_0,
+                authz=authz,
+                upstream=Endpoint("127.0.0.1", node.port),
+                admin=LOOPBACK_0,
+                project_routes=[MAINNET],
+                authz_timeout_s=0.2,
+            )
+        ) as envoy,
+    ):
+        for path in ("/v1/mainnet/x", "/eth/some-project"):
+            status, headers, body = post(envoy.port, path)
+            assert status == 403, envoy.log
+            assert headers["content-type"] == "application/json"
+            assert json.loads(body) == UNAVAILABLE
+    assert node.requests == []
+
+
+@pytest.fixture
+def gate(tmp_path: Path, ec_key: PrivateKey) -> Iterator[tuple[AuthzProcess, str]]:
+    """The real authz-server with one ES256 key for the project ``demo-mainnet``."""
+    kid = str(uuid.uuid4())
+    project_dir = tmp_path / "keys" / MAINNET.project
+    project_dir.mkdir(parents=True)
+    (project_dir / f"{kid}.pem").write_bytes(public_pem(ec_key))
+    with AuthzProcess(tmp_path / "keys") as process:
+        yield process, kid
+
+
+def test_a_denial_reaches_the_client_with_the_services_own_body(
+    node: JsonRpcNode, gate: tuple[AuthzProcess, str]
+) -> None:
+    process, _ = gate
+    config = render(
+        listen=LOOPBACK_0,
+        authz=Endpoint("127.0.0.1", process.port),
+        upstream=Endpoint("127.0.0.1", node.port),
+        admin=LOOPBACK_0,
+        project_routes=[MAINNET],
+    )
+    with EnvoyProcess(config) as envoy:
+        status, headers, body = post(envoy.port, "/v1/mainnet/")
+    assert status == 403
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {
+        "code": -32013,
+        "message": "missing JWT token",
+        "project": "demo-mainnet",
+    }
+    assert node.requests == []
+
+
+def test_an_allowed_request_reaches_the_node_with_the_kid_and_without_the_token(
+    node: JsonRpcNode, gate: tuple[AuthzProcess, str], ec_key: PrivateKey
+) -> None:
+    process, kid = gate
+    config = render(
+        listen=LOOPBACK_0,
+        authz=Endpoint("127.0.0.1", process.port),
+        upstream=Endpoint("127.0.0.1", node.port),
+        admin=LOOPBACK_0,
+        project_routes=[MAINNET],
+    )
+    token = mint(ec_key, kid)
+    with EnvoyProcess(config) as envoy:
+        status, _, body = post(envoy.port, "/v1/mainnet/", {"authorization": f"Bearer {token}"})
+    assert status == 200, body
+    assert json.loads(body)["result"] == "0x1"
+    (seen,) = node.requests
+    assert seen["x-jwt-kid"] == kid
+    assert "authorization" not in seen
