@@ -8,22 +8,18 @@ Bad configuration exits with status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
-import select
-import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from . import __version__
+from ._signals import StopSignals
 from .keystore import KeyStore
 from .service import AuthorizationService, GateServer
 from .verifier import Policy
@@ -189,50 +185,30 @@ def serve(settings: Settings) -> int:
     except (OSError, RuntimeError) as exc:
         print(f"authz-server: error: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; draining", signal.Signals(signum).name)
-        stop.set()
-
-    # Installed before anything is announced, so an early signal still drains cleanly.
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    # The kernel may deliver a signal to any thread (gRPC's, the watcher's), and Python
-    # runs handlers only in the main thread: the wakeup fd wakes it up wherever it lands.
-    wakeup_read, wakeup_write = socket.socketpair()
-    wakeup_read.setblocking(False)
-    wakeup_write.setblocking(False)
-    previous_wakeup_fd = signal.set_wakeup_fd(wakeup_write.fileno())
+    watcher_stop = threading.Event()
     watcher = threading.Thread(
         target=store.watch,
-        args=(stop,),
+        args=(watcher_stop,),
         kwargs={"rescan_interval": settings.rescan_interval or 1.0},
         name="keys-watcher",
         daemon=True,
     )
-    try:
-        watcher.start()
-        server.start()
-        log.info(
-            "serving on %s: keys dir %s, %d project(s) with %d key(s)",
-            server.address,
-            settings.keys_dir,
-            len(snapshot.projects),
-            snapshot.key_count,
-        )
-        while not stop.is_set():
-            select.select([wakeup_read], [], [], 1.0)
-            with contextlib.suppress(BlockingIOError):
-                wakeup_read.recv(64)
-    finally:
-        stop.set()
-        server.stop(settings.grace)
-        watcher.join(timeout=settings.grace)
-        signal.set_wakeup_fd(previous_wakeup_fd)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        wakeup_read.close()
-        wakeup_write.close()
+    with StopSignals(lambda name: log.info("received %s; draining", name)) as stop:
+        try:
+            watcher.start()
+            server.start()
+            log.info(
+                "serving on %s: keys dir %s, %d project(s) with %d key(s)",
+                server.address,
+                settings.keys_dir,
+                len(snapshot.projects),
+                snapshot.key_count,
+            )
+            stop.wait()
+        finally:
+            server.stop(settings.grace)
+            watcher_stop.set()
+            watcher.join(timeout=settings.grace)
     log.info("stopped")
     return 0
 

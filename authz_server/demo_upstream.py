@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Final
+
+from ._signals import StopSignals
 
 __all__ = ["JsonRpcNode", "main"]
 
@@ -231,22 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="address to listen on (default 127.0.0.1:8545)",
     )
     host, port = parser.parse_args(argv).listen
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {
-        signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        with JsonRpcNode(host, port) as node:
-            sys.stdout.write(f"demo JSON-RPC node listening on {host}:{node.port}\n")
-            sys.stdout.flush()
-            stop.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with StopSignals() as stop, JsonRpcNode(host, port) as node:
+        sys.stdout.write(f"demo JSON-RPC node listening on {host}:{node.port}\n")
+        sys.stdout.flush()
+        stop.wait()
     return 0
 
 
