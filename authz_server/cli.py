@@ -12,24 +12,17 @@ import importlib
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from ._signals import StopSignals
-from .keystore import KeyStore
-from .service import AuthorizationService, GateServer
-from .verifier import Policy
+from .app import DEFAULT_LISTEN, LOG_FORMAT, ListenError, Settings, running_gate
 
 __all__ = ["Settings", "main", "serve"]
 
 log = logging.getLogger("authz_server")
-
-# A service in a container or beside Envoy listens on every interface by default.
-DEFAULT_LISTEN = "0.0.0.0:9001"
 
 # Modules that add sub-commands through a ``register(subparsers)`` function; each
 # command sets ``func`` (args -> exit status) on its parser with set_defaults.
@@ -37,19 +30,6 @@ _COMMAND_MODULES = ("admin",)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    keys_dir: Path
-    listen: str = DEFAULT_LISTEN
-    audience_suffix: str = ""
-    leeway: float = 0.0
-    forward_jwt: bool = False
-    rescan_interval: float = 1.0
-    threads: int = 16
-    log_level: str = "INFO"
-    grace: float = 5.0
 
 
 def _env(name: str) -> str | None:
@@ -173,42 +153,13 @@ def _command_modules() -> list[Callable[[Any], None]]:
 
 def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; return the process exit status."""
-    store = KeyStore(settings.keys_dir)
-    snapshot = store.reload()
-    service = AuthorizationService(
-        lambda: store.snapshot,
-        Policy(leeway=settings.leeway, audience_suffix=settings.audience_suffix),
-        forward_jwt=settings.forward_jwt,
-    )
-    try:
-        server = GateServer(service, settings.listen, threads=settings.threads)
-    except (OSError, RuntimeError) as exc:
-        print(f"authz-server: error: cannot listen on {settings.listen}: {exc}", file=sys.stderr)
-        return 2
-    watcher_stop = threading.Event()
-    watcher = threading.Thread(
-        target=store.watch,
-        args=(watcher_stop,),
-        kwargs={"rescan_interval": settings.rescan_interval or 1.0},
-        name="keys-watcher",
-        daemon=True,
-    )
     with StopSignals(lambda name: log.info("received %s; draining", name)) as stop:
         try:
-            watcher.start()
-            server.start()
-            log.info(
-                "serving on %s: keys dir %s, %d project(s) with %d key(s)",
-                server.address,
-                settings.keys_dir,
-                len(snapshot.projects),
-                snapshot.key_count,
-            )
-            stop.wait()
-        finally:
-            server.stop(settings.grace)
-            watcher_stop.set()
-            watcher.join(timeout=settings.grace)
+            with running_gate(settings):
+                stop.wait()
+        except ListenError as exc:
+            print(f"authz-server: error: {exc}", file=sys.stderr)
+            return 2
     log.info("stopped")
     return 0
 
@@ -216,7 +167,7 @@ def serve(settings: Settings) -> int:
 def _serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     keys_dir: Path = args.keys_dir

@@ -1,0 +1,87 @@
+"""``make run`` works as the README promises: the printed curl commands do what they say."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from authz_server.demo import DEMO_PROJECT
+
+
+def _replay(curl: str) -> tuple[int, dict[str, object]]:
+    """Send the request a printed curl command describes (curl itself may be absent)."""
+    words = shlex.split(curl)
+    assert words[:4] == ["curl", "-s", "-X", "POST"]
+    url, headers, data = words[4], {}, b""
+    rest = iter(words[5:])
+    for flag in rest:
+        value = next(rest)
+        if flag == "-H":
+            name, _, header_value = value.partition(": ")
+            headers[name] = header_value
+        elif flag == "--data":
+            data = value.encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_make_run_prints_curl_commands_that_work_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DEMO_DIR": str(tmp_path / "demo"),
+        "DEMO_GATE_PORT": "0",
+        "DEMO_AUTHZ_PORT": "0",
+        "DEMO_NODE_PORT": "0",
+        "DEMO_ADMIN_PORT": "0",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "authz_server.demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    curls: list[str] = []
+    timer = threading.Timer(60, process.kill)  # a bound on a hung start, not a wait
+    timer.start()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.strip().startswith("curl "):
+                curls.append(line.strip())
+            if "Ctrl-C stops everything" in line:
+                break
+        assert len(curls) == 2, "the demo did not print its two curl commands"
+        status, body = _replay(curls[0])
+        assert status == 200
+        assert str(body["result"]).startswith("0x")
+        status, body = _replay(curls[1])
+        assert status == 403
+        assert body == {"code": -32013, "message": "missing JWT token", "project": DEMO_PROJECT}
+        process.send_signal(signal.SIGINT)
+        remaining = process.stdout.read()
+        assert process.wait(timeout=30) == 0
+        assert "stopped" in remaining
+    finally:
+        timer.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    # The key pair is kept for the next run; the private key is the customer's only.
+    private = tmp_path / "demo" / "customer" / "private.pem"
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert list((tmp_path / "demo" / "keys" / DEMO_PROJECT).glob("*.pem"))
