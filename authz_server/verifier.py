@@ -204,12 +204,7 @@ def _json_object(raw: bytes | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        value = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_object_without_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         # ValueError covers bad UTF-8, bad JSON, duplicate names, NaN/Infinity,
         # 1e400 and integers past Python's digit limit; RecursionError deep nesting.
@@ -233,3 +228,11 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError("number out of range")
     return value
+
+
+# Built once: json.loads() with hooks would construct a new decoder on every call.
+_DECODER: Final = json.JSONDecoder(
+    object_pairs_hook=_object_without_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+)
