@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import DEFAULT_MAX_ENTRIES
 from .keystore import KeyStore
 from .service import AuthorizationService, GateServer
 from .verifier import Policy
@@ -42,6 +43,7 @@ class Settings:
     threads: int = 16
     log_level: str = "INFO"
     grace: float = 5.0
+    cache_size: int = DEFAULT_MAX_ENTRIES
 
 
 @contextmanager
@@ -53,6 +55,7 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         lambda: store.snapshot,
         Policy(leeway=settings.leeway, audience_suffix=settings.audience_suffix),
         forward_jwt=settings.forward_jwt,
+        cache_size=settings.cache_size,
     )
     try:
         server = GateServer(service, settings.listen, threads=settings.threads)

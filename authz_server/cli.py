@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 from ._signals import StopSignals
 from .app import DEFAULT_LISTEN, LOG_FORMAT, ListenError, Settings, running_gate
+from .cache import DEFAULT_MAX_ENTRIES
 
 __all__ = ["Settings", "main", "serve"]
 
@@ -53,6 +54,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
     return value
 
 
@@ -115,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="full rescan of the keys directory at least this often, seconds",
     )
     option("--threads", default="16", type=_positive_int, help="gRPC worker threads")
+    option(
+        "--cache-size",
+        default=str(DEFAULT_MAX_ENTRIES),
+        type=_non_negative_int,
+        help="verified tokens remembered (0: verify every request)",
+    )
     option(
         "--log-level",
         default="INFO",
@@ -185,6 +202,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         rescan_interval=args.rescan_interval,
         threads=args.threads,
         log_level=args.log_level,
+        cache_size=args.cache_size,
     )
     return serve(settings)
 

@@ -20,14 +20,11 @@ from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ._proto.envoy.config.core.v3 import base_pb2
-from ._proto.envoy.service.auth.v3 import (
-    attribute_context_pb2,
-    external_auth_pb2,
-    external_auth_pb2_grpc,
-)
+from ._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from ._proto.envoy.type.v3 import http_status_pb2
+from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
 from .keystore import Snapshot
-from .verifier import Allowed, Decision, Denied, Policy, Reason, bearer_token, decide
+from .verifier import Allowed, Decision, Denied, Policy, Reason, bearer_token
 
 __all__ = [
     "JWT_KID_HEADER",
@@ -55,7 +52,9 @@ _JSON_CONTENT_TYPE: Final = base_pb2.HeaderValueOption(
 _OPEN_PROJECT_RESPONSE: Final = external_auth_pb2.CheckResponse(
     status=_OK_STATUS,
     ok_response=external_auth_pb2.OkHttpResponse(headers_to_remove=[JWT_KID_HEADER]),
-)
+).SerializeToString()
+# Cap on each table of pre-encoded responses (a safety net; real sizes are far lower).
+_MAX_ENCODED: Final = 100_000
 
 
 def project_of(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -80,8 +79,12 @@ def _printable(value: str, limit: int = 96) -> str:
     return text + "..." if len(value) > limit else text
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
-    """Answers Envoy's ``Check`` calls from the current key snapshot."""
+class AuthorizationService:
+    """Answers Envoy's ``Check`` calls from the current key snapshot.
+
+    Responses go out pre-serialized: the few that repeat (allow for a kid, allow for a
+    project without keys, a denial for a project with keys) are encoded once and reused.
+    """
 
     def __init__(
         self,
@@ -90,26 +93,32 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         *,
         forward_jwt: bool = False,
         clock: Callable[[], float] = time.time,
+        cache_size: int = DEFAULT_MAX_ENTRIES,
     ) -> None:
         self._snapshot = snapshot
-        self._policy = policy
         self._clock = clock
+        self.verifier = CachingVerifier(policy, max_entries=cache_size)
         self._remove_on_allow = () if forward_jwt else ("authorization",)
-
-    def Check(
-        self, request: external_auth_pb2.CheckRequest, context: grpc.ServicerContext
-    ) -> external_auth_pb2.CheckResponse:
-        return self.check(request)
+        self._allow_bytes: dict[str, bytes] = {}
+        self._deny_bytes: dict[tuple[Reason, str], bytes] = {}
 
     def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+        """The decoded response (for callers in this process and tests)."""
+        return external_auth_pb2.CheckResponse.FromString(self.check_serialized(request))
+
+    def check_serialized(
+        self, request: external_auth_pb2.CheckRequest, context: object = None
+    ) -> bytes:
+        """The gRPC handler: never raises, always answers with an encoded CheckResponse."""
         project = ""
+        protected = False
         try:
             attributes = request.attributes
             project = project_of(attributes)
-            http = attributes.request.http
-            token = bearer_token(http.headers.get("authorization"))
+            token = bearer_token(attributes.request.http.headers.get("authorization"))
             keys = self._snapshot().keys_for(project)
-            decision: Decision = decide(token, keys, self._policy, self._clock())
+            protected = keys is not None
+            decision: Decision = self.verifier.decide(project, token, keys, self._clock())
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             log.error(
                 "internal error on project %s (%s); denied\n%s",
@@ -119,7 +128,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             )
             decision = Denied(Reason.INTERNAL_ERROR)
         if isinstance(decision, Allowed):
-            return self._allow(decision)
+            return self._allowed(decision.kid)
         log.info(
             "denied project=%s reason=%s kid=%s request_id=%s",
             _printable(project),
@@ -127,30 +136,56 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
             "-" if decision.kid is None else _printable(decision.kid),
             _printable(request.attributes.request.http.id) or "-",
         )
-        return self._deny(decision.reason, project)
+        return self._denied(decision.reason, project, cacheable=protected)
 
-    def _allow(self, decision: Allowed) -> external_auth_pb2.CheckResponse:
-        if decision.kid is None:
+    def _allowed(self, kid: str | None) -> bytes:
+        if kid is None:
             return _OPEN_PROJECT_RESPONSE
-        kid_header = base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=JWT_KID_HEADER, value=decision.kid),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
-        return external_auth_pb2.CheckResponse(
-            status=_OK_STATUS,
-            ok_response=external_auth_pb2.OkHttpResponse(
-                headers=[kid_header], headers_to_remove=self._remove_on_allow
-            ),
-        )
+        encoded = self._allow_bytes.get(kid)
+        if encoded is None:
+            kid_header = base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=JWT_KID_HEADER, value=kid),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+            encoded = external_auth_pb2.CheckResponse(
+                status=_OK_STATUS,
+                ok_response=external_auth_pb2.OkHttpResponse(
+                    headers=[kid_header], headers_to_remove=self._remove_on_allow
+                ),
+            ).SerializeToString()
+            # Bounded by the registered kids: only a verified token reaches here.
+            if len(self._allow_bytes) < _MAX_ENCODED:
+                self._allow_bytes[kid] = encoded
+        return encoded
 
-    @staticmethod
-    def _deny(reason: Reason, project: str) -> external_auth_pb2.CheckResponse:
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason.message),
-            denied_response=external_auth_pb2.DeniedHttpResponse(
-                status=_FORBIDDEN, headers=[_JSON_CONTENT_TYPE], body=deny_body(reason, project)
-            ),
+    def _denied(self, reason: Reason, project: str, *, cacheable: bool) -> bytes:
+        encoded = self._deny_bytes.get((reason, project))
+        if encoded is None:
+            encoded = external_auth_pb2.CheckResponse(
+                status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason.message),
+                denied_response=external_auth_pb2.DeniedHttpResponse(
+                    status=_FORBIDDEN,
+                    headers=[_JSON_CONTENT_TYPE],
+                    body=deny_body(reason, project),
+                ),
+            ).SerializeToString()
+            # Only projects with keys: their number is bounded, a client's paths are not.
+            if cacheable and len(self._deny_bytes) < _MAX_ENCODED:
+                self._deny_bytes[(reason, project)] = encoded
+        return encoded
+
+    def handler(self) -> grpc.GenericRpcHandler[external_auth_pb2.CheckRequest, bytes]:
+        """``envoy.service.auth.v3.Authorization/Check`` for a ``grpc.server``."""
+        check = grpc.unary_unary_rpc_method_handler(
+            self.check_serialized,
+            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+            response_serializer=_already_encoded,
         )
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Check": check})
+
+
+def _already_encoded(response: bytes) -> bytes:
+    return response
 
 
 class GateServer:
@@ -164,8 +199,7 @@ class GateServer:
         threads: int = 16,
     ) -> None:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
-        # The generated registration function has no type hints.
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, self._server)  # type: ignore[no-untyped-call]
+        self._server.add_generic_rpc_handlers((service.handler(),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port = self._server.add_insecure_port(listen)

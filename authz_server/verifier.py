@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from .keys import VerifyKey
@@ -28,6 +28,8 @@ __all__ = [
     "Policy",
     "Reason",
     "bearer_token",
+    "check_claims",
+    "check_times",
     "decide",
 ]
 
@@ -74,9 +76,15 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class Allowed:
-    """Let the request through. ``kid`` is None when the project does not use JWT."""
+    """Let the request through. ``kid`` is None when the project does not use JWT.
+
+    ``exp`` and ``nbf`` are the token's, kept so that a cache of verified tokens can
+    re-check them on every later request.
+    """
 
     kid: str | None
+    exp: float | None = field(default=None, compare=False)
+    nbf: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +143,27 @@ def decide(
         return Denied(Reason.BAD_SIGNATURE, kid)
 
     reason = check_claims(claims, policy, now)
-    return Allowed(kid) if reason is None else Denied(reason, kid)
+    if reason is not None:
+        return Denied(reason, kid)
+    return Allowed(kid, claims.get("exp"), claims.get("nbf"))
+
+
+def check_times(exp: float | None, nbf: float | None, policy: Policy, now: float) -> Reason | None:
+    """Rows 7 and 8 alone, for a token whose signature and audience already passed."""
+    # Compared as now - leeway >= exp rather than now >= exp + leeway: exp may be an
+    # integer too large for a float, and Python compares int with float exactly.
+    if exp is not None and now - policy.leeway >= exp:
+        return Reason.EXPIRED
+    if nbf is not None and now + policy.leeway < nbf:
+        return Reason.NOT_YET_VALID
+    return None
 
 
 def check_claims(claims: Mapping[str, Any], policy: Policy, now: float) -> Reason | None:
     """Rows 7 to 9 on claims whose types :func:`decide` has already checked."""
-    # Compared as now - leeway >= exp rather than now >= exp + leeway: exp may be an
-    # integer too large for a float, and Python compares int with float exactly.
-    exp = claims.get("exp")
-    if exp is not None and now - policy.leeway >= exp:
-        return Reason.EXPIRED
-    nbf = claims.get("nbf")
-    if nbf is not None and now + policy.leeway < nbf:
-        return Reason.NOT_YET_VALID
+    reason = check_times(claims.get("exp"), claims.get("nbf"), policy, now)
+    if reason is not None:
+        return reason
     aud = claims.get("aud")
     if aud is not None and policy.audience_suffix:
         audiences = [aud] if isinstance(aud, str) else aud

@@ -1,0 +1,90 @@
+"""A bounded cache of verified tokens, so a token reused for many requests is checked
+with a dictionary look-up instead of a signature verification.
+
+Only successes are cached; failures are cheap to recompute and caching them would let
+a flood of garbage evict real entries. An entry remembers the exact key set (the
+snapshot's mapping object) it was verified against: once the project's keys change in
+any way (a key added, replaced or deleted), the mapping is a new object and the entry
+no longer matches, so revocation stays immediate. ``exp`` and ``nbf`` are re-checked on
+every hit; the audience result cannot change, since the policy is fixed per process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from .keys import VerifyKey
+from .verifier import Allowed, Decision, Denied, Policy, check_times, decide
+
+__all__ = ["DEFAULT_MAX_ENTRIES", "MAX_CACHED_TOKEN_LENGTH", "CachingVerifier"]
+
+DEFAULT_MAX_ENTRIES: Final = 32_768
+# Real tokens are a few hundred bytes (an RS256 signature alone is 342 characters);
+# longer ones are verified every time rather than allowed to fill the memory.
+MAX_CACHED_TOKEN_LENGTH: Final = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class _Grant:
+    keys: Mapping[str, VerifyKey]
+    kid: str
+    exp: float | None
+    nbf: float | None
+
+
+class CachingVerifier:
+    """:func:`~authz_server.verifier.decide` with a cache of verified tokens in front."""
+
+    def __init__(self, policy: Policy, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        self.policy = policy
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[tuple[str, str], _Grant] = {}
+        self._lock = threading.Lock()  # writers only; reads are single dict look-ups
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def decide(
+        self,
+        project: str,
+        token: str | None,
+        keys: Mapping[str, VerifyKey] | None,
+        now: float,
+    ) -> Decision:
+        if keys is None or token is None or self.max_entries <= 0:
+            return decide(token, keys, self.policy, now)
+        key = (project, token)
+        grant = self._entries.get(key)
+        if grant is not None and grant.keys is keys:
+            self.hits += 1
+            reason = check_times(grant.exp, grant.nbf, self.policy, now)
+            if reason is None:
+                return Allowed(grant.kid, grant.exp, grant.nbf)
+            self._forget(key)
+            return Denied(reason, grant.kid)
+        self.misses += 1
+        decision = decide(token, keys, self.policy, now)
+        if isinstance(decision, Allowed) and len(token) <= MAX_CACHED_TOKEN_LENGTH:
+            assert decision.kid is not None  # a project with keys names the key
+            self._remember(key, _Grant(keys, decision.kid, decision.exp, decision.nbf))
+        elif grant is not None:
+            self._forget(key)  # verified against an older key set: drop it
+        return decision
+
+    def _remember(self, key: tuple[str, str], grant: _Grant) -> None:
+        with self._lock:
+            entries = self._entries
+            entries.pop(key, None)
+            while len(entries) >= self.max_entries:
+                # Oldest first: dicts keep insertion order.
+                del entries[next(iter(entries))]
+            entries[key] = grant
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
