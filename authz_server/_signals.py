@@ -14,6 +14,7 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
@@ -49,13 +50,19 @@ class StopSignals:
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno())
         return self
 
-    def wait(self) -> None:
-        """Block until a stop signal arrives (or :meth:`set` is called)."""
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until a stop signal arrives (or :meth:`set` is called), or ``timeout``
+        seconds pass; True once stopping."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self.event.is_set():
+            remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if remaining <= 0:
+                break
             # Returning to the interpreter is what lets the Python handler run.
-            select.select([self._reader], [], [], 1.0)
+            select.select([self._reader], [], [], remaining)
             with contextlib.suppress(BlockingIOError):
                 self._reader.recv(256)
+        return self.event.is_set()
 
     def set(self) -> None:
         self.event.set()

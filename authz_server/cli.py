@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     option("--threads", default="16", type=_positive_int, help="gRPC worker threads")
     option(
+        "--workers",
+        default="1",
+        type=_positive_int,
+        help="serving processes sharing the port (SO_REUSEPORT); use the core count",
+    )
+    option(
         "--cache-size",
         default=str(DEFAULT_MAX_ENTRIES),
         type=_non_negative_int,
@@ -170,6 +176,14 @@ def _command_modules() -> list[Callable[[Any], None]]:
 
 def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; return the process exit status."""
+    if settings.workers > 1:
+        from .workers import supervise
+
+        return supervise(settings, _serve_one)
+    return _serve_one(settings)
+
+
+def _serve_one(settings: Settings) -> int:
     with StopSignals(lambda name: log.info("received %s; draining", name)) as stop:
         try:
             with running_gate(settings):
@@ -184,7 +198,9 @@ def serve(settings: Settings) -> int:
 def _serve_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level,
-        format=LOG_FORMAT,
+        format=LOG_FORMAT
+        if args.workers == 1
+        else LOG_FORMAT.replace("%(name)s", "[%(process)d] %(name)s"),
         stream=sys.stderr,
     )
     keys_dir: Path = args.keys_dir
@@ -203,6 +219,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         threads=args.threads,
         log_level=args.log_level,
         cache_size=args.cache_size,
+        workers=args.workers,
     )
     return serve(settings)
 
