@@ -45,7 +45,6 @@ class Settings:
     grace: float = 5.0
     cache_size: int = DEFAULT_MAX_ENTRIES
     workers: int = 1
-    reuse_port: bool = False  # set for the processes of a multi-worker server
 
 
 @contextmanager
@@ -60,9 +59,7 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         cache_size=settings.cache_size,
     )
     try:
-        server = GateServer(
-            service, settings.listen, threads=settings.threads, reuse_port=settings.reuse_port
-        )
+        server = GateServer(service, settings.listen, threads=settings.threads)
     except (OSError, RuntimeError) as exc:
         raise ListenError(f"cannot listen on {settings.listen}: {exc}") from None
     watcher_stop = threading.Event()

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         default="1",
         type=_positive_int,
-        help="serving processes sharing the port (SO_REUSEPORT); use the core count",
+        help="serving processes, on ports PORT..PORT+N-1 (list them all in Envoy's cluster)",
     )
     option(
         "--cache-size",
@@ -209,6 +209,13 @@ def _serve_command(args: argparse.Namespace) -> int:
         args.parser.error(f"keys directory {keys_dir} {what}")
     if not os.access(keys_dir, os.R_OK | os.X_OK):
         args.parser.error(f"keys directory {keys_dir} is not readable")
+    if args.workers > 1:
+        from .workers import worker_addresses
+
+        try:
+            worker_addresses(args.listen, args.workers)
+        except ValueError as exc:
+            args.parser.error(str(exc))
     settings = Settings(
         keys_dir=keys_dir,
         listen=args.listen,

@@ -50,6 +50,7 @@ with warnings.catch_warnings():
         Cluster,
         ClusterDiscoveryType,
         ClusterDnsLookupFamily,
+        ClusterLbPolicy,
     )
     from envoy_data_plane.envoy.config.core.v3 import (
         Address,
@@ -156,13 +157,17 @@ class ProjectRoute:
 def render(
     *,
     listen: Endpoint,
-    authz: Endpoint,
+    authz: Endpoint | Sequence[Endpoint],
     upstream: Endpoint,
     admin: Endpoint | None = None,
     project_routes: Sequence[ProjectRoute] = (),
     authz_timeout_s: float = 0.25,
 ) -> dict[str, Any]:
-    """The Envoy bootstrap config as a JSON-compatible dict."""
+    """The Envoy bootstrap config as a JSON-compatible dict.
+
+    ``authz`` may list several endpoints: one per ``--workers`` process (each listens on
+    its own port), so that Envoy balances calls, not just connections, over them.
+    """
     if not authz_timeout_s > 0:
         raise ValueError(f"authz_timeout_s must be positive, got {authz_timeout_s}")
     bootstrap = Bootstrap(
@@ -357,7 +362,16 @@ def _authz_unavailable_reply() -> LocalReplyConfig:
     )
 
 
-def _cluster(name: str, endpoint: Endpoint, *, http2: bool, connect_timeout_s: float) -> Cluster:
+def _cluster(
+    name: str,
+    endpoints: Endpoint | Sequence[Endpoint],
+    *,
+    http2: bool,
+    connect_timeout_s: float,
+) -> Cluster:
+    endpoints = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
+    if not endpoints:
+        raise ValueError(f"cluster {name} needs at least one endpoint")
     explicit = (
         HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
         if http2
@@ -371,7 +385,10 @@ def _cluster(name: str, endpoint: Endpoint, *, http2: bool, connect_timeout_s: f
             cluster_name=name,
             endpoints=[
                 LocalityLbEndpoints(
-                    lb_endpoints=[LbEndpoint(endpoint=EnvoyEndpoint(address=_address(endpoint)))]
+                    lb_endpoints=[
+                        LbEndpoint(endpoint=EnvoyEndpoint(address=_address(endpoint)))
+                        for endpoint in endpoints
+                    ]
                 )
             ],
         ),
@@ -379,7 +396,11 @@ def _cluster(name: str, endpoint: Endpoint, *, http2: bool, connect_timeout_s: f
             _PROTOCOL_OPTIONS: _pack(HttpProtocolOptions(explicit_http_config=explicit))
         },
     )
-    if not _is_ip(endpoint.host):
+    if len(endpoints) > 1:
+        # Calls differ in cost (a cache hit or an RSA verification): send each to the
+        # endpoint with the fewest in flight rather than strictly in turn.
+        cluster.lb_policy = ClusterLbPolicy.LEAST_REQUEST
+    if not all(_is_ip(endpoint.host) for endpoint in endpoints):
         # Every address a name resolves to is an endpoint (scaled compose services, headless
         # Kubernetes services). Those networks are often IPv4-only even when AAAA lookups answer.
         cluster.type = ClusterDiscoveryType.STRICT_DNS

@@ -197,12 +197,10 @@ class GateServer:
         listen: str,
         *,
         threads: int = 16,
-        reuse_port: bool = False,
     ) -> None:
-        # SO_REUSEPORT only when worker processes share the port on purpose: otherwise a
-        # second server started by mistake on the same port would silently take half
-        # of the calls instead of failing to start.
-        options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
+        # No SO_REUSEPORT (gRPC's default on Linux): a second server started by mistake
+        # on the same port must fail, not silently take half of the connections.
+        options = [("grpc.so_reuseport", 0)]
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
         self._server.add_generic_rpc_handlers((service.handler(),))
         self.health = health.HealthServicer()

@@ -1,12 +1,15 @@
-"""``--workers N``: N serving processes on one port, so that checks use every core.
+"""``--workers N``: N serving processes, so that checks use every core.
+
+Worker ``i`` listens on ``PORT + i``, and Envoy lists every port as an endpoint of its
+authz cluster. One shared SO_REUSEPORT port was measured first and rejected: the kernel
+spreads *connections*, and Envoy multiplexes all its calls over one or two long-lived
+HTTP/2 connections, so one worker took 100% of the calls (1,600 of 1,600 through Envoy,
+with Envoy's concurrency 1 and 2). With one port per worker, Envoy balances the calls.
 
 The supervisor forks the workers before any gRPC object exists (gRPC's threads do not
-survive a fork) and holds a bound, non-listening SO_REUSEPORT socket on the port, so
-that port 0 resolves to one port for all and nobody else can take it. Each worker is a
-complete server (its own key store, watcher and cache) listening with SO_REUSEPORT; the
-kernel spreads incoming connections over them. A worker that dies is replaced; if they
-keep dying (5 times within a minute), the supervisor stops and exits 1 so that the
-process manager sees it.
+survive a fork). Each worker is a complete server (its own key store, watcher and
+cache). A worker that dies is replaced on the same port; if they keep dying (5 times
+within a minute), the supervisor stops and exits 1 so that the process manager sees it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from typing import Final
 from ._signals import StopSignals
 from .app import Settings
 
-__all__ = ["supervise"]
+__all__ = ["supervise", "worker_addresses"]
 
 log = logging.getLogger("authz_server.workers")
 
@@ -33,41 +35,30 @@ _RESTARTS_ALLOWED: Final = 5
 _RESTART_WINDOW_S: Final = 60.0
 
 
-def _reserve_port(listen: str) -> tuple[socket.socket, str]:
+def worker_addresses(listen: str, workers: int) -> list[str]:
+    """``HOST:PORT`` for each worker: consecutive ports (each its own with port 0)."""
     host, _, port = listen.rpartition(":")
-    bare = host.strip("[]")
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((bare, int(port)))
-    except OSError:
-        sock.close()
-        raise
-    return sock, f"{host}:{sock.getsockname()[1]}"
+    first = int(port)
+    if first and first + workers - 1 > 65535:
+        raise ValueError(f"{workers} workers from port {first} run past port 65535")
+    return [f"{host}:{first + i if first else 0}" for i in range(workers)]
 
 
 def supervise(settings: Settings, run_worker: Callable[[Settings], int]) -> int:
     """Run ``settings.workers`` forked copies of ``run_worker``; return the exit status."""
-    try:
-        reservation, listen = _reserve_port(settings.listen)
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", settings.listen, exc.strerror)
-        return 2
-    worker_settings = dataclasses.replace(settings, listen=listen, reuse_port=True)
+    addresses = worker_addresses(settings.listen, settings.workers)
     children: dict[int, int] = {}  # pid -> worker number
     restarts: deque[float] = deque()
 
     def spawn(number: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            reservation.close()
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             status = 1
             try:
-                status = run_worker(worker_settings)
+                status = run_worker(dataclasses.replace(settings, listen=addresses[number]))
             finally:
                 logging.shutdown()
                 os._exit(status)
@@ -76,7 +67,7 @@ def supervise(settings: Settings, run_worker: Callable[[Settings], int]) -> int:
     with StopSignals(lambda name: log.info("received %s; stopping workers", name)) as stop:
         for first in range(settings.workers):
             spawn(first)
-        log.info("supervising %d workers on %s", settings.workers, listen)
+        log.info("supervising %d workers on %s", settings.workers, ", ".join(addresses))
         status = 0
         while not stop.event.is_set():
             stop.wait(timeout=0.5)
@@ -85,6 +76,10 @@ def supervise(settings: Settings, run_worker: Callable[[Settings], int]) -> int:
                     continue
                 number = children.pop(pid)
                 log.error("worker %d (pid %d) exited with status %s", number, pid, code)
+                if code == 2:  # bad configuration, e.g. its port is taken: won't get better
+                    status = 2
+                    stop.set()
+                    break
                 now = time.monotonic()
                 restarts.append(now)
                 while restarts and now - restarts[0] > _RESTART_WINDOW_S:
@@ -96,7 +91,6 @@ def supervise(settings: Settings, run_worker: Callable[[Settings], int]) -> int:
                     break
                 spawn(number)
     _stop_all(children, settings.grace)
-    reservation.close()
     return status
 
 

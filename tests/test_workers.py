@@ -1,78 +1,107 @@
-"""``--workers N``: several serving processes on one port, supervised."""
+"""``--workers N``: N supervised serving processes, one port each, balanced by Envoy."""
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
-from authz_process import AuthzProcess
+from authz_process import AuthzProcess, authz_server_binary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import wait_for
 
-from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.demo_upstream import JsonRpcNode
+from authz_server.envoy_config import Endpoint, render
+from authz_server.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, public_pem
 
-CHECK = "/envoy.service.auth.v3.Authorization/Check"
+_SERVING = re.compile(r"\[(\d+)\] authz_server: serving on 127\.0\.0\.1:(\d+):")
 
 
-def _workers(process: AuthzProcess) -> set[int]:
-    return {int(m) for m in re.findall(r"\[(\d+)\] authz_server: serving on", process.log)}
+def _workers(process: AuthzProcess) -> dict[int, int]:
+    """pid -> port of every worker that announced itself."""
+    return {int(pid): int(port) for pid, port in _SERVING.findall(process.log)}
 
 
-def _check_on_a_new_connection(address: str) -> None:
-    request = external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(path="/eth/locked")
-            )
+def _healthy(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
         )
-    )
-    # A distinct channel option forces a new connection for every call.
-    options = [("grpc.use_local_subchannel_pool", 1)]
-    with grpc.insecure_channel(address, options=options) as channel:
-        call = channel.unary_unary(
-            CHECK,
-            request_serializer=external_auth_pb2.CheckRequest.SerializeToString,
-            response_deserializer=external_auth_pb2.CheckResponse.FromString,
-        )
-        response = call(request, timeout=5)
-        assert response.denied_response.status.code == 403
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_workers_share_one_port_and_connections_spread_over_them(
-    tmp_path: Path, ec_key: PrivateKey
-) -> None:
-    (tmp_path / "locked").mkdir()
-    (tmp_path / "locked" / "k.pem").write_bytes(public_pem(ec_key))
+def test_each_worker_serves_on_its_own_port_and_sigterm_stops_them_all(tmp_path: Path) -> None:
     with AuthzProcess(tmp_path, "--workers", "2") as process:
         wait_for(lambda: len(_workers(process)) == 2, timeout=20)
-        for _ in range(40):
-            _check_on_a_new_connection(process.address)
-        wait_for(lambda: process.log.count("reason=missing_token") == 40, timeout=5)
-        served_by = set(re.findall(r"\[(\d+)\] authz_server.service: denied", process.log))
-        assert len(served_by) == 2, "the kernel sent 40 connections to one worker"
+        ports = set(_workers(process).values())
+        assert len(ports) == 2
+        assert all(_healthy(port) for port in ports)
         process.signal(signal.SIGTERM)
         assert process.stop() == 0
     assert process.log.count("authz_server: stopped") == 2
 
 
-def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
-    with AuthzProcess(tmp_path, "--workers", "2") as process:
+def test_envoy_balances_calls_over_the_workers(tmp_path: Path, ec_key: PrivateKey) -> None:
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "k.pem").write_bytes(public_pem(ec_key))
+    with JsonRpcNode() as node, AuthzProcess(tmp_path, "--workers", "2") as process:
+        wait_for(lambda: len(_workers(process)) == 2, timeout=20)
+        config = render(
+            listen=Endpoint("127.0.0.1", 0),
+            authz=[Endpoint("127.0.0.1", port) for port in _workers(process).values()],
+            upstream=Endpoint("127.0.0.1", node.port),
+            admin=Endpoint("127.0.0.1", 0),
+        )
+        with EnvoyProcess(config) as envoy:
+            for _ in range(40):
+                request = urllib.request.Request(envoy.url + "/eth/locked", data=b"{}")
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(request, timeout=5)
+                assert refused.value.code == 403
+                refused.value.close()
+        wait_for(lambda: process.log.count("reason=missing_token") == 40, timeout=5)
+    served = collections.Counter(re.findall(r"\[(\d+)\] authz_server.service: denied", process.log))
+    assert len(served) == 2, f"one worker took every call: {served}"
+    assert min(served.values()) >= 10, served
+
+
+def test_a_dead_worker_is_replaced_on_its_port(tmp_path: Path) -> None:
+    with AuthzProcess(tmp_path, "--workers", "2", "--listen", "127.0.0.1:0") as process:
         wait_for(lambda: len(_workers(process)) == 2, timeout=20)
         victim = min(_workers(process))
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: len(_workers(process)) == 3, timeout=20)
         assert f"(pid {victim}) exited with status -9" in process.log
-        with grpc.insecure_channel(process.address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=5
-            )
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert process.stop() == 0
+
+
+def test_worker_ports_past_65535_are_refused_at_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            authz_server_binary(),
+            "serve",
+            "--keys-dir",
+            str(tmp_path),
+            "--listen",
+            "127.0.0.1:65535",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "run past port 65535" in result.stderr
 
 
 def test_a_single_server_refuses_a_port_already_taken(tmp_path: Path) -> None:
