@@ -75,6 +75,15 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
 
 
+def _route(text: str) -> tuple[str, str]:
+    prefix, sep, project = text.partition("=")
+    if not sep or not prefix.startswith("/") or not project:
+        raise argparse.ArgumentTypeError(
+            f"expected PREFIX=PROJECT with PREFIX starting '/': {text!r}"
+        )
+    return prefix, project
+
+
 def _listen(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
@@ -155,6 +164,43 @@ def build_parser() -> argparse.ArgumentParser:
     health_cmd.add_argument("--service", default="", help="service name ('' = the server)")
     health_cmd.add_argument("--timeout", default=2.0, type=_seconds, help="seconds")
     health_cmd.set_defaults(func=_health_command)
+    envoy_cmd = commands.add_parser(
+        "envoy-config",
+        help="print an Envoy config (ext_authz to this service) as YAML",
+        description=(
+            "Render an Envoy bootstrap config from typed Envoy API objects: a listener whose "
+            "ext_authz filter calls this service over gRPC (HTTP/2, failing closed), then the "
+            "router to your JSON-RPC upstream."
+        ),
+        epilog=(
+            "example: authz-server envoy-config --authz authz:9001 --workers 2 "
+            "--upstream node:8545 --route /v1/mainnet=2a8428f5a79b09aadff75a745397cf6d2f59d51e"
+        ),
+    )
+    envoy_cmd.add_argument(
+        "--listen", default="0.0.0.0:10000", type=_listen, help="Envoy's listener"
+    )
+    envoy_cmd.add_argument("--authz", default="authz:9001", type=_listen, help="this service")
+    envoy_cmd.add_argument(
+        "--workers", default=1, type=_positive_int, help="the service's --workers (ports PORT..)"
+    )
+    envoy_cmd.add_argument("--upstream", default="node:8545", type=_listen, help="the node")
+    envoy_cmd.add_argument(
+        "--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT, or 'none'"
+    )
+    envoy_cmd.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        type=_route,
+        metavar="PREFIX=PROJECT",
+        help="requests under PREFIX belong to PROJECT (repeatable)",
+    )
+    envoy_cmd.add_argument(
+        "--authz-timeout", default=0.25, type=_seconds, help="ext_authz call timeout, seconds"
+    )
+    envoy_cmd.add_argument("--output", type=Path, help="write here instead of stdout")
+    envoy_cmd.set_defaults(func=_envoy_config_command, parser=envoy_cmd)
     for register in _command_modules():
         register(commands)
     return parser
@@ -229,6 +275,36 @@ def _serve_command(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     return serve(settings)
+
+
+def _envoy_config_command(args: argparse.Namespace) -> int:
+    from .envoy_config import Endpoint, ProjectRoute, render_yaml
+    from .workers import worker_addresses
+
+    def endpoint(address: str) -> Endpoint:
+        host, _, port = address.rpartition(":")
+        return Endpoint(host.strip("[]"), int(port))
+
+    admin = None
+    if args.admin.lower() != "none":
+        admin = endpoint(_listen(args.admin))
+    try:
+        authz = [endpoint(a) for a in worker_addresses(args.authz, args.workers)]
+        text = render_yaml(
+            listen=endpoint(args.listen),
+            authz=authz,
+            upstream=endpoint(args.upstream),
+            admin=admin,
+            project_routes=[ProjectRoute(prefix, project) for prefix, project in args.route],
+            authz_timeout_s=args.authz_timeout,
+        )
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
 
 
 def _health_command(args: argparse.Namespace) -> int:

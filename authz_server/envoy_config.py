@@ -187,7 +187,7 @@ def render(
 def render_yaml(
     *,
     listen: Endpoint,
-    authz: Endpoint,
+    authz: Endpoint | Sequence[Endpoint],
     upstream: Endpoint,
     admin: Endpoint | None = None,
     project_routes: Sequence[ProjectRoute] = (),
@@ -213,6 +213,18 @@ def rendered_files() -> dict[str, str]:
             authz=Endpoint("authz", 9001),
             upstream=Endpoint("node", 8545),
             admin=Endpoint("0.0.0.0", 9901),  # noqa: S104 - reached through compose port mapping
+        ),
+        # The documented example for an existing Envoy: a service started with --workers 2,
+        # and providers whose URLs do not end in the project id name it per route.
+        "envoy/example-routes.yaml": render_yaml(
+            listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the front door
+            authz=[Endpoint("authz.internal", 9001), Endpoint("authz.internal", 9002)],
+            upstream=Endpoint("node.internal", 8545),
+            admin=Endpoint("127.0.0.1", 9901),
+            project_routes=[
+                ProjectRoute("/v1/mainnet", "2a8428f5a79b09aadff75a745397cf6d2f59d51e"),
+                ProjectRoute("/v1/sepolia", "5b18e8c28750eec300ee361e9412f76f5463716d"),
+            ],
         ),
     }
 

@@ -395,3 +395,71 @@ def test_an_allowed_request_reaches_the_node_with_the_kid_and_without_the_token(
     (seen,) = node.requests
     assert seen["x-jwt-kid"] == kid
     assert "authorization" not in seen
+
+
+def test_several_authz_endpoints_are_balanced_by_least_request() -> None:
+    config = render(
+        listen=Endpoint("127.0.0.1", 0),
+        authz=[Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.1", 9002)],
+        upstream=Endpoint("127.0.0.1", 8545),
+    )
+    authz = next(c for c in config["static_resources"]["clusters"] if c["name"] == "authz")
+    assert authz["lb_policy"] == "LEAST_REQUEST"
+    ports = [
+        e["endpoint"]["address"]["socket_address"]["port_value"]
+        for e in authz["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert ports == [9001, 9002]
+
+
+def test_the_envoy_config_command_prints_a_valid_config_for_the_options_given(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    binary = str(Path(sys.executable).parent / "authz-server")
+    out = tmp_path / "envoy.yaml"
+    result = subprocess.run(
+        [
+            binary,
+            "envoy-config",
+            "--authz",
+            "10.0.0.5:9001",
+            "--workers",
+            "2",
+            "--upstream",
+            "node:8545",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--route",
+            "/v1/mainnet=proj-a",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(out.read_text())
+    validate(config)
+    assert out.read_text() == render_yaml(
+        listen=Endpoint("127.0.0.1", 0),
+        authz=[Endpoint("10.0.0.5", 9001), Endpoint("10.0.0.5", 9002)],
+        upstream=Endpoint("node", 8545),
+        admin=Endpoint("127.0.0.1", 0),
+        project_routes=[ProjectRoute("/v1/mainnet", "proj-a")],
+    )
+    bad = subprocess.run(
+        [binary, "envoy-config", "--route", "no-slash=x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "PREFIX=PROJECT" in bad.stderr
