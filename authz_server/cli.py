@@ -20,6 +20,7 @@ from . import __version__
 from ._signals import StopSignals
 from .app import DEFAULT_LISTEN, LOG_FORMAT, ListenError, Settings, running_gate
 from .cache import DEFAULT_MAX_ENTRIES
+from .options import env_value, flag, host_port, non_negative_int, positive_int, route, seconds
 
 __all__ = ["Settings", "main", "serve"]
 
@@ -28,67 +29,6 @@ log = logging.getLogger("authz_server")
 # Modules that add sub-commands through a ``register(subparsers)`` function; each
 # command sets ``func`` (args -> exit status) on its parser with set_defaults.
 _COMMAND_MODULES = ("admin",)
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _env(name: str) -> str | None:
-    return os.environ.get("AUTHZ_" + name.upper().replace("-", "_"))
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
-
-
-def _flag(text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (use true or false)")
-
-
-def _route(text: str) -> tuple[str, str]:
-    prefix, sep, project = text.partition("=")
-    if not sep or not prefix.startswith("/") or not project:
-        raise argparse.ArgumentTypeError(
-            f"expected PREFIX=PROJECT with PREFIX starting '/': {text!r}"
-        )
-    return prefix, project
-
-
-def _listen(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,46 +45,46 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: authz-server serve --keys-dir ./keys --listen 0.0.0.0:9001",
     )
 
-    def option(flag: str, *, env_type: object = None, **kwargs: object) -> None:
-        dest = flag.removeprefix("--").replace("-", "_")
-        env_value = _env(dest)
+    def option(name: str, **kwargs: object) -> None:
+        dest = name.removeprefix("--").replace("-", "_")
+        from_env = env_value(dest)
         help_text = str(kwargs.pop("help", ""))
         help_text += f" [env AUTHZ_{dest.upper()}]"
-        if env_value is not None:
-            kwargs["default"] = env_value  # argparse applies `type` to string defaults
+        if from_env is not None:
+            kwargs["default"] = from_env  # argparse applies `type` to string defaults
             kwargs.pop("required", None)
-        serve_cmd.add_argument(flag, help=help_text, **kwargs)  # type: ignore[arg-type]
+        serve_cmd.add_argument(name, help=help_text, **kwargs)  # type: ignore[arg-type]
 
     serve_cmd.set_defaults(func=_serve_command, parser=serve_cmd)
     option("--keys-dir", required=True, type=Path, help="directory of <project>/<kid>.pem keys")
-    option("--listen", default=DEFAULT_LISTEN, type=_listen, help="gRPC HOST:PORT")
+    option("--listen", default=DEFAULT_LISTEN, type=host_port, help="gRPC HOST:PORT")
     option("--audience-suffix", default="", help="when set, `aud` must end with it")
-    option("--leeway", default="0", type=_seconds, help="clock skew allowed on exp/nbf, seconds")
+    option("--leeway", default="0", type=seconds, help="clock skew allowed on exp/nbf, seconds")
     option(
         "--forward-jwt",
         nargs="?",
         const="true",
         default="false",
-        type=_flag,
+        type=flag,
         help="keep the Authorization header on allowed requests",
     )
     option(
         "--rescan-interval",
         default="1",
-        type=_seconds,
+        type=seconds,
         help="full rescan of the keys directory at least this often, seconds",
     )
-    option("--threads", default="16", type=_positive_int, help="gRPC worker threads")
+    option("--threads", default="16", type=positive_int, help="gRPC worker threads")
     option(
         "--workers",
         default="1",
-        type=_positive_int,
+        type=positive_int,
         help="serving processes, on ports PORT..PORT+N-1 (list them all in Envoy's cluster)",
     )
     option(
         "--cache-size",
         default=str(DEFAULT_MAX_ENTRIES),
-        type=_non_negative_int,
+        type=non_negative_int,
         help="verified tokens remembered (0: verify every request)",
     )
     option(
@@ -160,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Query grpc.health.v1 of a running authz-server; for probes and HEALTHCHECK.",
         epilog="example: authz-server health --address 127.0.0.1:9001",
     )
-    health_cmd.add_argument("--address", default="127.0.0.1:9001", type=_listen)
+    health_cmd.add_argument("--address", default="127.0.0.1:9001", type=host_port)
     health_cmd.add_argument("--service", default="", help="service name ('' = the server)")
-    health_cmd.add_argument("--timeout", default=2.0, type=_seconds, help="seconds")
+    health_cmd.add_argument("--timeout", default=2.0, type=seconds, help="seconds")
     health_cmd.set_defaults(func=_health_command)
     envoy_cmd = commands.add_parser(
         "envoy-config",
@@ -178,13 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     envoy_cmd.add_argument(
-        "--listen", default="0.0.0.0:10000", type=_listen, help="Envoy's listener"
+        "--listen", default="0.0.0.0:10000", type=host_port, help="Envoy's listener"
     )
-    envoy_cmd.add_argument("--authz", default="authz:9001", type=_listen, help="this service")
+    envoy_cmd.add_argument("--authz", default="authz:9001", type=host_port, help="this service")
     envoy_cmd.add_argument(
-        "--workers", default=1, type=_positive_int, help="the service's --workers (ports PORT..)"
+        "--workers", default=1, type=positive_int, help="the service's --workers (ports PORT..)"
     )
-    envoy_cmd.add_argument("--upstream", default="node:8545", type=_listen, help="the node")
+    envoy_cmd.add_argument("--upstream", default="node:8545", type=host_port, help="the node")
     envoy_cmd.add_argument(
         "--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT, or 'none'"
     )
@@ -192,12 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--route",
         action="append",
         default=[],
-        type=_route,
+        type=route,
         metavar="PREFIX=PROJECT",
         help="requests under PREFIX belong to PROJECT (repeatable)",
     )
     envoy_cmd.add_argument(
-        "--authz-timeout", default=0.25, type=_seconds, help="ext_authz call timeout, seconds"
+        "--authz-timeout", default=0.25, type=seconds, help="ext_authz call timeout, seconds"
     )
     envoy_cmd.add_argument("--output", type=Path, help="write here instead of stdout")
     envoy_cmd.set_defaults(func=_envoy_config_command, parser=envoy_cmd)
@@ -287,7 +227,7 @@ def _envoy_config_command(args: argparse.Namespace) -> int:
 
     admin = None
     if args.admin.lower() != "none":
-        admin = endpoint(_listen(args.admin))
+        admin = endpoint(host_port(args.admin))
     try:
         authz = [endpoint(a) for a in worker_addresses(args.authz, args.workers)]
         text = render_yaml(

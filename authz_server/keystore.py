@@ -30,7 +30,14 @@ from typing import Final
 
 from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
 
-__all__ = ["MAX_KEYS_PER_PROJECT", "KeyStore", "ProjectKeys", "Snapshot", "is_candidate"]
+__all__ = [
+    "MAX_KEYS_PER_PROJECT",
+    "KeyStore",
+    "ProjectKeys",
+    "Snapshot",
+    "is_candidate",
+    "read_key_file",
+]
 
 MAX_KEYS_PER_PROJECT: Final = 25
 KEY_SUFFIX: Final = ".pem"
@@ -185,7 +192,7 @@ class KeyStore:
             path = directory / name
             kid = name[: -len(KEY_SUFFIX)]
             try:
-                key = _read_key_file(path, kid, mode, size)
+                key = read_key_file(path, kid, mode, size)
             except KeyRejected as exc:
                 log.warning("refused key file %s: %s", path, exc)
                 continue
@@ -282,7 +289,9 @@ def _fingerprint(directory: Path) -> tuple[_FileStat, ...]:
     return tuple(sorted(stats))
 
 
-def _read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
+def read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
+    """Load one key file whose stat (``mode``, ``size``) was just taken; raise
+    :class:`KeyRejected` with the reason. Never blocks on a FIFO or device."""
     if mode == 0:
         raise KeyRejected("dangling symlink")
     if not stat.S_ISREG(mode):

@@ -1,0 +1,148 @@
+"""The customer's side on the command line: ``keygen`` and ``token``.
+
+Keys come from :func:`~authz_server.tokens.generate_private_key` and tokens from
+:func:`~authz_server.tokens.mint`; a signing key whose public half the server would
+refuse is refused here too, by the same rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .admin_common import FORMATTER, AdminError, Subcommands, guarded, read_limited, say
+from .admin_display import TimeSpec, time_spec
+from .admin_keydir import write_atomically
+from .keys import MAX_KEY_FILE_BYTES, MIN_RSA_BITS, KeyRejected
+from .keys import parse_public_key as judge_public_key
+from .tokens import PrivateKey, generate_private_key, mint, public_pem
+
+__all__ = ["DEFAULT_TOKEN_LIFETIME", "register_keygen", "register_token"]
+
+# Short-lived by default: customers sign short JWTs (docs/contract.md, "Who is who").
+DEFAULT_TOKEN_LIFETIME: Final = TimeSpec(600, relative=True)
+
+
+def register_keygen(commands: Subcommands) -> None:
+    parser = commands.add_parser(
+        "keygen",
+        help="create a key pair for signing tokens (the customer's side)",
+        description="Write a new key pair: DIR/private.pem (PKCS#8, mode 0600, keep it "
+        "secret) and DIR/public.pem (register it with the operator).",
+        epilog="example:\n  authz-server keygen --alg ES256 --out ./mykey",
+        formatter_class=FORMATTER,
+    )
+    parser.add_argument("--alg", required=True, choices=["RS256", "ES256"], help="algorithm")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--bits",
+        type=int,
+        choices=[2048, 3072, 4096, 8192],
+        help="RSA key size for RS256 (default 2048)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace existing key files")
+    parser.set_defaults(func=guarded(_keygen), parser=parser)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    if args.bits is not None and args.alg != "RS256":
+        args.parser.error("--bits applies to RS256 keys only")
+    out: Path = args.out
+    private_path, public_path = out / "private.pem", out / "public.pem"
+    if not args.force:
+        for path in (private_path, public_path):
+            if path.exists() or path.is_symlink():
+                raise AdminError(f"{path} already exists (--force replaces it)")
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = generate_private_key(args.alg, rsa_bits=args.bits or MIN_RSA_BITS)
+    private_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    write_atomically(private_path, private_bytes, mode=0o600)
+    write_atomically(public_path, public_pem(key), mode=0o644)
+    say(
+        f"wrote {private_path} (private key, keep it secret)\n"
+        f"wrote {public_path} (public key, for the operator:"
+        f" authz-server keys add --project PROJECT {public_path})\n"
+    )
+    return 0
+
+
+def register_token(commands: Subcommands) -> None:
+    parser = commands.add_parser(
+        "token",
+        help="sign a JWT with a private key (the customer's side)",
+        description="Print a JWT signed with the private key (RS256 for RSA, ES256 for "
+        "P-256) carrying exp, nbf, aud as asked and iat. Times are durations from now "
+        "(30s, 10m, 2h, 1d, -5m) or unix timestamps. Without --exp or --no-exp the "
+        f"token expires in {DEFAULT_TOKEN_LIFETIME.seconds // 60} minutes.",
+        epilog="examples:\n"
+        "  authz-server token --key ./mykey/private.pem --kid $kid\n"
+        "  authz-server token --key ./mykey/private.pem --kid $kid --exp 1h --nbf=-30s \\\n"
+        "      --aud my-app.example.com\n"
+        '  curl -H "Authorization: Bearer $(authz-server token --key ... --kid $kid)" ...',
+        formatter_class=FORMATTER,
+    )
+    parser.add_argument("--key", required=True, type=Path, help="the private key (PEM)")
+    parser.add_argument("--kid", required=True, help="the key id the operator gave for it")
+    expiry = parser.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--exp",
+        type=time_spec,
+        default=DEFAULT_TOKEN_LIFETIME,
+        metavar="TIME",
+        help="expiry (default 10m)",
+    )
+    expiry.add_argument("--no-exp", action="store_true", help="a token that never expires")
+    parser.add_argument("--nbf", type=time_spec, metavar="TIME", help="not valid before")
+    parser.add_argument(
+        "--aud", action="append", metavar="AUDIENCE", help="audience (repeat for several)"
+    )
+    parser.set_defaults(func=guarded(_token), parser=parser)
+
+
+def _token(args: argparse.Namespace) -> int:
+    if not args.kid:
+        args.parser.error("--kid must not be empty")
+    key = _private_key(args.key)
+    now = time.time()
+    claims: dict[str, Any] = {}
+    if not args.no_exp:
+        claims["exp"] = args.exp.at(now)
+    if args.nbf is not None:
+        claims["nbf"] = args.nbf.at(now)
+    if args.aud:
+        claims["aud"] = args.aud[0] if len(args.aud) == 1 else args.aud
+    claims["iat"] = int(now)
+    say(mint(key, args.kid, claims) + "\n")
+    return 0
+
+
+def _private_key(path: Path) -> PrivateKey:
+    data = read_limited(path, MAX_KEY_FILE_BYTES)
+    if b"PRIVATE KEY-----" not in data:
+        if b"PUBLIC KEY-----" in data:
+            raise AdminError(f"{path} is a public key: --key takes the private one")
+        raise AdminError(f"{path} is not a PEM private key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise AdminError(f"{path} is encrypted: decrypt it first (openssl pkey)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise AdminError(f"{path}: unreadable PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        kind = type(key).__name__.removesuffix("PrivateKey").lstrip("_")
+        raise AdminError(f"{path}: {kind} keys cannot sign RS256 or ES256")
+    try:
+        judge_public_key(public_pem(key))
+    except KeyRejected as exc:
+        raise AdminError(f"{path}: the server would refuse its public key: {exc}") from None
+    return key

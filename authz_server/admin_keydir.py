@@ -1,0 +1,298 @@
+"""The keys directory as the ``keys`` commands change and read it.
+
+Which files are keys, which keys are active and why a file is refused are never
+decided here: a :class:`~authz_server.keystore.KeyStore` loads the directory and the
+loader's own file reader explains a refusal. This module adds what only a writer
+needs:
+
+- a per-project lock (``flock`` on the dot-file :data:`LOCK_NAME`, ignored by the
+  loader), so that counting a project's keys and writing a new one is one step even
+  when several ``keys add`` run at once, and a listing never sees half of a change;
+- atomic writes: a dot-prefixed temporary file in the same directory, fsynced, then
+  renamed into place, so a running server never reads a half-written key;
+- the sidecar ``.<kid>.json`` holding a key's optional name and when it was added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import secrets
+import stat
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from .admin_common import AdminError
+from .admin_jwk import thumbprint
+from .keys import KeyRejected, VerifyKey
+from .keystore import KEY_SUFFIX, MAX_KEYS_PER_PROJECT, KeyStore, is_candidate, read_key_file
+
+__all__ = [
+    "LOCK_NAME",
+    "KeyRow",
+    "add_key",
+    "check_key_id",
+    "check_project",
+    "key_rows",
+    "keystore_warnings",
+    "project_names",
+    "remove_key",
+    "write_atomically",
+]
+
+LOCK_NAME: Final = ".authz-server.lock"
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One key file of a project, as ``keys list`` shows it."""
+
+    project: str
+    kid: str
+    name: str | None
+    added: dt.datetime | None
+    key: VerifyKey | None  # None: refused
+    reason: str | None = None  # why it is refused
+
+    @property
+    def thumbprint(self) -> str | None:
+        return None if self.key is None else thumbprint(self.key.public_key)
+
+
+def check_project(project: str) -> str:
+    """A project id usable as one directory name of the keys directory."""
+    if not project or "/" in project or "\0" in project or project.startswith("."):
+        raise AdminError(f"invalid project id {project!r} (one path segment, not starting with .)")
+    return project
+
+
+def check_key_id(kid: str) -> str:
+    if not kid or "/" in kid or "\0" in kid or kid.startswith("."):
+        raise AdminError(f"invalid key id {kid!r}")
+    return kid
+
+
+def project_names(keys_dir: Path) -> list[str]:
+    """The project directories of the keys directory, as the loader sees them."""
+    names = []
+    with os.scandir(keys_dir) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=True):
+                    names.append(entry.name)
+    return sorted(names)
+
+
+def add_key(
+    keys_dir: Path, project: str, pem: bytes, key: VerifyKey, *, name: str | None
+) -> tuple[str, int]:
+    """Register ``pem`` (already accepted by the key rules) under a new UUID key id.
+
+    Returns the key id and the project's number of keys with it.
+    """
+    directory = keys_dir / project
+    directory.mkdir(mode=0o755, exist_ok=True)
+    with _project_lock(directory, exclusive=True):
+        # Every valid key counts, active or not: the loader would refuse one more.
+        counter = KeyStore(keys_dir, max_keys=sys.maxsize)
+        with keystore_warnings():
+            existing = counter.reload([project]).keys_for(project) or {}
+        if len(existing) >= MAX_KEYS_PER_PROJECT:
+            raise AdminError(
+                f"project {project} already has {len(existing)} keys, the most a project "
+                f"may have ({MAX_KEYS_PER_PROJECT}): remove one first (keys remove)"
+            )
+        new_print = thumbprint(key.public_key)
+        for other in existing.values():
+            if thumbprint(other.public_key) == new_print:
+                raise AdminError(f"project {project} already has this key, as {other.kid}")
+        kid = str(uuid.uuid4())
+        sidecar = _sidecar_path(directory, kid)
+        added = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        record = {"name": name, "added": added.isoformat().replace("+00:00", "Z")}
+        # The sidecar first: whoever sees the key can already see its name.
+        write_atomically(sidecar, json.dumps(record).encode() + b"\n", mode=0o644)
+        try:
+            write_atomically(directory / f"{kid}{KEY_SUFFIX}", pem, mode=0o644)
+        except BaseException:
+            sidecar.unlink(missing_ok=True)
+            raise
+    return kid, len(existing) + 1
+
+
+def remove_key(keys_dir: Path, project: str, kid: str) -> int:
+    """Delete a key and its sidecar; return how many key files the project has left."""
+    directory = keys_dir / project
+    unknown = AdminError(
+        f"project {project} has no key {kid} (see: authz-server keys list --project {project})"
+    )
+    if not directory.is_dir():
+        raise unknown
+    with _project_lock(directory, exclusive=True):
+        try:
+            (directory / f"{kid}{KEY_SUFFIX}").unlink()
+        except FileNotFoundError:
+            raise unknown from None
+        _sidecar_path(directory, kid).unlink(missing_ok=True)
+        _fsync_directory(directory)
+        return sum(1 for _ in _key_files(directory))
+
+
+def key_rows(store: KeyStore, project: str) -> list[KeyRow]:
+    """Every key file of a project, oldest first, with the loader's verdict on each."""
+    directory = store.keys_dir / project
+    with _project_lock(directory, exclusive=False), keystore_warnings():
+        active = store.reload([project]).keys_for(project) or {}
+        rows = []
+        for file_name, mtime_ns, mode, size in _key_files(directory):
+            kid = file_name.removesuffix(KEY_SUFFIX)
+            name, added = _read_sidecar(directory, kid)
+            if added is None and mtime_ns:
+                added = dt.datetime.fromtimestamp(mtime_ns // 1_000_000_000, dt.UTC)
+            key = active.get(kid)
+            reason = None
+            if key is None:
+                try:
+                    read_key_file(directory / file_name, kid, mode, size)
+                    reason = f"over the limit of {store.max_keys} keys (the oldest stay active)"
+                except KeyRejected as exc:
+                    reason = str(exc)
+            rows.append(KeyRow(project, kid, name, added, key, reason))
+    return rows
+
+
+@contextlib.contextmanager
+def keystore_warnings() -> Iterator[list[str]]:
+    """Collect the loader's warnings (refused files) instead of logging them."""
+    logger = logging.getLogger("authz_server.keystore")
+    messages: list[str] = []
+    handler = _Collector(messages)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+class _Collector(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.messages = messages
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+    """Replace ``path`` with ``data`` in one rename; readers see the old file or the new."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.rename(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename or an unlink durable: the directory entry itself is data too."""
+    fd = os.open(directory, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _project_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
+    """Writers hold the project's lock exclusively, readers shared.
+
+    A reader never creates the lock file (it may have no write access); with no lock
+    file there is no writer to wait for.
+    """
+    path = directory / LOCK_NAME
+    try:
+        if exclusive:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        else:
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        if exclusive:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+def _key_files(directory: Path) -> Iterator[tuple[str, int, int, int]]:
+    """(name, mtime_ns, mode, size) of each candidate key file, oldest first as the
+    loader ranks them; a dangling symlink has mode 0 (the loader refuses it)."""
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    files = []
+    for entry in entries:
+        if not is_candidate(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=True)
+        except FileNotFoundError:
+            files.append((entry.name, 0, 0, 0))
+            continue
+        files.append((entry.name, info.st_mtime_ns, info.st_mode, info.st_size))
+    files.sort(key=lambda item: (item[1], item[0]))
+    yield from files
+
+
+def _sidecar_path(directory: Path, kid: str) -> Path:
+    return directory / f".{kid}.json"
+
+
+def _read_sidecar(directory: Path, kid: str) -> tuple[str | None, dt.datetime | None]:
+    """Name and added time; a missing or damaged sidecar only loses that information."""
+    try:
+        # O_NONBLOCK: a FIFO put in the sidecar's place must not hang a listing.
+        fd = os.open(_sidecar_path(directory, kid), os.O_RDONLY | os.O_NONBLOCK | _O_CLOEXEC)
+    except OSError:
+        return None, None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, None
+        record = json.loads(os.read(fd, 64 * 1024))
+    except (OSError, ValueError, RecursionError):
+        return None, None
+    finally:
+        os.close(fd)
+    if not isinstance(record, dict):
+        return None, None
+    name = record.get("name")
+    added = record.get("added")
+    when = None
+    if isinstance(added, str):
+        with contextlib.suppress(ValueError):
+            when = dt.datetime.fromisoformat(added)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+    return (name if isinstance(name, str) and name else None), when
