@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Final
 
 from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
+from .logtext import printable
 
 __all__ = [
     "MAX_KEYS_PER_PROJECT",
@@ -104,7 +105,7 @@ class KeyStore:
                 return current
             if projects is None:
                 try:
-                    names = self._project_names()
+                    names = self._project_names(current.projects)
                 except OSError as exc:
                     self._mark_unavailable(exc)
                     return current
@@ -147,7 +148,7 @@ class KeyStore:
                 exc.strerror or type(exc).__name__,
             )
 
-    def _project_names(self) -> set[str]:
+    def _project_names(self, known: Mapping[str, ProjectKeys]) -> set[str]:
         names = set()
         with os.scandir(self.keys_dir) as entries:
             for entry in entries:
@@ -157,7 +158,10 @@ class KeyStore:
                     if entry.is_dir(follow_symlinks=True):
                         names.add(entry.name)
                 except OSError:
-                    continue
+                    # A link that cannot be followed now (a loop, an unsearchable
+                    # target): a storage fault, so a known project keeps its keys.
+                    if entry.name in known:
+                        names.add(entry.name)
         return names
 
     def _load_project(self, project: str, previous: ProjectKeys | None) -> ProjectKeys | None:
@@ -166,13 +170,16 @@ class KeyStore:
             fingerprint = _fingerprint(directory)
         except (FileNotFoundError, NotADirectoryError):
             if previous is not None:
-                log.info("project %s: key directory removed; project no longer uses JWT", project)
+                log.info(
+                    "project %s: key directory removed; project no longer uses JWT",
+                    printable(project),
+                )
             return None
         except OSError as exc:
             log.error(
                 "project %s: cannot list %s (%s); keeping its last key set",
-                project,
-                directory,
+                printable(project),
+                printable(directory),
                 exc.strerror or type(exc).__name__,
             )
             return previous or ProjectKeys(MappingProxyType({}), ())
@@ -180,7 +187,10 @@ class KeyStore:
             return previous
         if not fingerprint:
             if previous is not None:
-                log.info("project %s: no key files left; project no longer uses JWT", project)
+                log.info(
+                    "project %s: no key files left; project no longer uses JWT",
+                    printable(project),
+                )
             return None
         return ProjectKeys(self._read_keys(directory, project, fingerprint), fingerprint)
 
@@ -194,19 +204,19 @@ class KeyStore:
             try:
                 key = read_key_file(path, kid, mode, size)
             except KeyRejected as exc:
-                log.warning("refused key file %s: %s", path, exc)
+                log.warning("refused key file %s: %s", printable(path), exc)
                 continue
             loaded.append((mtime_ns, name, key))
         loaded.sort(key=lambda item: (item[0], item[1]))
         for _mtime, name, _key in loaded[self.max_keys :]:
             log.warning(
                 "refused key file %s: project %s already has %d keys (the oldest stay active)",
-                directory / name,
-                project,
+                printable(directory / name),
+                printable(project),
                 self.max_keys,
             )
         active = {key.kid: key for _mtime, _name, key in loaded[: self.max_keys]}
-        log.info("project %s: %d active key(s)", project, len(active))
+        log.info("project %s: %d active key(s)", printable(project), len(active))
         return MappingProxyType(active)
 
     # -- watching --------------------------------------------------------------
@@ -282,7 +292,7 @@ def _fingerprint(directory: Path) -> tuple[_FileStat, ...]:
                 continue
             try:
                 st = entry.stat(follow_symlinks=True)
-            except FileNotFoundError:  # a dangling symlink; refused when read
+            except OSError:  # a dangling, looping or unreachable link; refused when read
                 stats.append((entry.name, 0, 0, 0, 0, 0))
                 continue
             stats.append((entry.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode))
@@ -293,7 +303,10 @@ def read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
     """Load one key file whose stat (``mode``, ``size``) was just taken; raise
     :class:`KeyRejected` with the reason. Never blocks on a FIFO or device."""
     if mode == 0:
-        raise KeyRejected("dangling symlink")
+        raise KeyRejected("cannot be resolved (a dangling, looping or unreachable link)")
+    if not kid.isprintable() or kid != kid.strip():
+        # The kid travels in a header (x-jwt-kid) and in logs: printable text only.
+        raise KeyRejected("the file name (key id) must be printable text without edge spaces")
     if not stat.S_ISREG(mode):
         raise KeyRejected("not a regular file")
     if size > MAX_KEY_FILE_BYTES:

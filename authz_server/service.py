@@ -24,6 +24,7 @@ from ._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_p
 from ._proto.envoy.type.v3 import http_status_pb2
 from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
 from .keystore import Snapshot
+from .logtext import printable
 from .verifier import Allowed, Decision, Denied, Policy, Reason, bearer_token
 
 __all__ = [
@@ -73,12 +74,6 @@ def deny_body(reason: Reason, project: str) -> str:
     )
 
 
-def _printable(value: str, limit: int = 96) -> str:
-    """A client-chosen string made safe for one log line."""
-    text = value[:limit].encode("unicode_escape").decode("ascii")
-    return text + "..." if len(value) > limit else text
-
-
 class AuthorizationService:
     """Answers Envoy's ``Check`` calls from the current key snapshot.
 
@@ -119,22 +114,23 @@ class AuthorizationService:
             keys = self._snapshot().keys_for(project)
             protected = keys is not None
             decision: Decision = self.verifier.decide(project, token, keys, self._clock())
+            if isinstance(decision, Allowed):
+                return self._allowed(decision.kid)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             log.error(
                 "internal error on project %s (%s); denied\n%s",
-                _printable(project),
+                printable(project),
                 type(exc).__name__,
                 "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
             )
             decision = Denied(Reason.INTERNAL_ERROR)
-        if isinstance(decision, Allowed):
-            return self._allowed(decision.kid)
+        assert isinstance(decision, Denied)
         log.info(
             "denied project=%s reason=%s kid=%s request_id=%s",
-            _printable(project),
+            printable(project),
             decision.reason.code,
-            "-" if decision.kid is None else _printable(decision.kid),
-            _printable(request.attributes.request.http.id) or "-",
+            "-" if decision.kid is None else printable(decision.kid),
+            printable(request.attributes.request.http.id) or "-",
         )
         return self._denied(decision.reason, project, cacheable=protected)
 
