@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SETUP := $(VENV)/.setup-done
 
-.PHONY: setup run test lint typecheck unit protos envoy-config bench clean
+.PHONY: setup run test lint typecheck unit protos envoy-config bench fuzz clean
 
 $(SETUP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -43,6 +43,13 @@ envoy-config: setup
 ## bench: benchmarks (not part of `make test`)
 bench: setup
 	$(BIN)/python -m bench
+
+## fuzz: coverage-guided fuzzing of the token parser and the key loader (not part of `make test`)
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	$(BIN)/python fuzz/run.py --target token --seconds $(FUZZ_SECONDS)
+	$(BIN)/python fuzz/run.py --target key --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -1,0 +1,207 @@
+"""Seed corpora for the fuzz targets, generated from the Wycheproof vectors.
+
+- ``token``: every compact JWS in json_web_signature_test.json and json_web_key_test.json,
+  plus tokens minted here with the vectors' own RS256/ES256 private keys over claim shapes
+  that reach rows 7 to 9 (exp, nbf, aud) and a few framings of the header.
+- ``key``: every JWK of json_web_key_test.json (as JSON, and as a PEM of its raw numbers,
+  valid key or not), the PEM keys of the RSA and ECDSA signature vector files (also as
+  PKCS#1 ``RSA PUBLIC KEY``), and private keys as PEM (which must be refused).
+
+Usage: ``python fuzz/corpus.py --target token|key [--out DIR]``; ``run.py`` calls it when
+the corpus directory is empty. Files are named by the SHA-1 of their content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+VECTORS_DIR: Final = Path(__file__).resolve().parents[1].parent / "shared/vectors/wycheproof"
+CORPUS_DIR: Final = Path(__file__).resolve().parent / "corpus"
+NOW: Final = 1_700_000_000
+SIGNATURE_FILES: Final = (
+    "rsa_signature_2048_sha256_test.json",
+    "rsa_signature_3072_sha256_test.json",
+    "rsa_signature_4096_sha256_test.json",
+    "ecdsa_secp256r1_sha256_p1363_test.json",
+)
+
+
+def _load(vectors_dir: Path, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((vectors_dir / name).read_text(encoding="utf-8"))
+    return data
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _uint(jwk: Mapping[str, Any], name: str) -> int:
+    value = jwk[name]
+    return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+
+
+def _private_key(jwk: Mapping[str, Any]) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    if jwk["kty"] == "RSA":
+        public = rsa.RSAPublicNumbers(e=_uint(jwk, "e"), n=_uint(jwk, "n"))
+        names = ("p", "q", "d", "dp", "dq", "qi")
+        p, q, d, dp, dq, qi = (_uint(jwk, n) for n in names)
+        return rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, public).private_key()
+    curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+    point = ec.EllipticCurvePublicNumbers(_uint(jwk, "x"), _uint(jwk, "y"), curve[jwk["crv"]])
+    return ec.EllipticCurvePrivateNumbers(_uint(jwk, "d"), point).private_key()
+
+
+def _mint(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    header: Mapping[str, Any],
+    claims: Mapping[str, Any],
+) -> str:
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    else:
+        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return f"{signing_input}.{_b64(signature)}"
+
+
+_CLAIMS: Final[tuple[dict[str, Any], ...]] = (
+    {},
+    {"exp": NOW + 600},
+    {"exp": NOW - 1},
+    {"nbf": NOW + 600},
+    {"exp": NOW + 0.5, "nbf": NOW - 0.5},
+    {"aud": "rpc.example.com"},
+    {"aud": ["a.example.org", "rpc.example.com"]},
+    {"aud": "example.org", "sub": "customer", "iat": NOW},
+    {"exp": "soon"},
+    {"aud": [1]},
+)
+
+
+def token_seeds(vectors_dir: Path = VECTORS_DIR) -> Iterator[bytes]:
+    signatures = _load(vectors_dir, "json_web_signature_test.json")
+    for group in signatures["testGroups"]:
+        for test in group["tests"]:
+            yield test["jws"].encode()
+    for group in _load(vectors_dir, "json_web_key_test.json")["testGroups"]:
+        for test in group["tests"]:
+            yield test["jws"].encode()
+    for group in signatures["testGroups"]:
+        private = group.get("private", {})
+        if private.get("alg") not in ("RS256", "ES256") or "d" not in private:
+            continue
+        key = _private_key(private)
+        kid = private.get("kid", "")
+        for claims in _CLAIMS:
+            token = _mint(key, {"alg": private["alg"], "typ": "JWT", "kid": kid}, claims)
+            yield token.encode()
+        yield _mint(key, {"alg": private["alg"], "kid": kid, "crit": ["exp"]}, {}).encode()
+        valid = _mint(key, {"alg": private["alg"], "kid": kid}, {"exp": NOW + 60})
+        for framed in (f"Bearer {valid}", f"bearer   {valid}", f"Bearer {valid}, Bearer x"):
+            yield framed.encode()
+    yield from (b"", b".", b"..", b"a.b.c", b"Bearer ", b"e30.e30.")
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    length = len(content)
+    if length < 0x80:
+        return bytes([tag, length]) + content
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def _der_uint(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _raw_pem(jwk: Mapping[str, Any]) -> bytes | None:
+    """A PEM holding a JWK's numbers as they are, valid key or not."""
+    try:
+        if jwk.get("kty") == "RSA":
+            algorithm = _der(0x30, bytes.fromhex("06092a864886f70d0101010500"))
+            key = _der(0x30, _der_uint(_uint(jwk, "n")) + _der_uint(_uint(jwk, "e")))
+        elif jwk.get("kty") == "EC":
+            oids = {"P-256": ("06082a8648ce3d030107", 32), "P-384": ("06052b81040022", 48)}
+            oid, width = oids[jwk["crv"]]
+            algorithm = _der(0x30, bytes.fromhex("06072a8648ce3d0201" + oid))
+            x, y = (_uint(jwk, n).to_bytes(width, "big") for n in ("x", "y"))
+            key = b"\x04" + x + y
+        else:
+            return None
+    except (KeyError, ValueError, OverflowError):
+        return None
+    body = base64.b64encode(_der(0x30, algorithm + _der(0x03, b"\x00" + key))).decode()
+    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return f"-----BEGIN PUBLIC KEY-----\n{lines}\n-----END PUBLIC KEY-----\n".encode()
+
+
+def key_seeds(vectors_dir: Path = VECTORS_DIR) -> Iterator[bytes]:
+    for group in _load(vectors_dir, "json_web_key_test.json")["testGroups"]:
+        for side in ("public", "private"):
+            for jwk in group.get(side, {}).get("keys", ()):
+                yield json.dumps(jwk).encode()
+                public_only = {k: v for k, v in jwk.items() if k not in ("d", "p", "q")}
+                pem = _raw_pem(public_only)
+                if pem is not None:
+                    yield pem
+    for group in _load(vectors_dir, "json_web_signature_test.json")["testGroups"]:
+        private = group.get("private", {})
+        if private.get("kty") in ("RSA", "EC") and "d" in private:
+            try:
+                key = _private_key(private)
+            except (KeyError, ValueError):
+                continue
+            yield key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+    for name in SIGNATURE_FILES:
+        for group in _load(vectors_dir, name)["testGroups"]:
+            pem = group["publicKeyPem"].encode()
+            yield pem
+            public = serialization.load_pem_public_key(pem)
+            if isinstance(public, rsa.RSAPublicKey):
+                yield public.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
+                )
+
+
+def build(target: str, out: Path, vectors_dir: Path = VECTORS_DIR) -> int:
+    """Write the target's seeds into ``out``; return how many distinct seeds there are."""
+    seeds = token_seeds(vectors_dir) if target == "token" else key_seeds(vectors_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = set()
+    for seed in seeds:
+        name = hashlib.sha1(seed, usedforsecurity=False).hexdigest()
+        names.add(name)
+        (out / name).write_bytes(seed)
+    return len(names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=["token", "key"], required=True)
+    parser.add_argument("--out", type=Path, help="default: fuzz/corpus/<target>")
+    parser.add_argument("--vectors", type=Path, default=VECTORS_DIR)
+    args = parser.parse_args(argv)
+    out = args.out or CORPUS_DIR / args.target
+    count = build(args.target, out, args.vectors)
+    sys.stdout.write(f"{count} {args.target} seeds in {out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

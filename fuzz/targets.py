@@ -1,0 +1,182 @@
+"""Fuzz targets: the token parser (``bearer_token`` + ``decide`` + the servicer) and the
+key loader (``parse_public_key``, and ``jwk_to_pem`` for JSON input).
+
+A target takes one input of bytes and raises only when it finds a bug: any exception
+other than the documented refusal, a message outside the contract, or a token allowed
+without a valid signature (checked by an oracle that calls the ``cryptography``
+primitives directly). The keys registered for the token target are the Wycheproof
+vectors' own RS256 and ES256 keys, under their ``kid``, so that vector tokens and their
+mutations reach every row of the decision table.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.admin_jwk import is_jwk, jwk_to_pem
+from authz_server.keys import (
+    MAX_RSA_BITS,
+    MIN_RSA_BITS,
+    KeyRejected,
+    VerifyKey,
+    parse_public_key,
+)
+from authz_server.keystore import ProjectKeys, Snapshot
+from authz_server.service import AuthorizationService
+from authz_server.verifier import Allowed, Denied, Policy, Reason, bearer_token, decide
+
+__all__ = ["VECTORS_DIR", "KeyTarget", "TokenTarget", "vector_keys"]
+
+VECTORS_DIR: Final = Path(__file__).resolve().parents[1].parent / "shared/vectors/wycheproof"
+PROJECT: Final = "fuzz-project"
+# Wycheproof's tokens carry no exp; a fixed "now" keeps runs reproducible.
+NOW: Final = 1_700_000_000
+P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+CONTRACT_MESSAGES: Final = frozenset(r.message for r in Reason if r is not Reason.INTERNAL_ERROR)
+POLICIES: Final = (Policy(), Policy(audience_suffix="example.com", leeway=30))
+
+
+def vector_keys(vectors_dir: Path = VECTORS_DIR) -> dict[str, VerifyKey]:
+    """The RS256/ES256 public keys of json_web_signature_test.json, by kid (first wins)."""
+    document = json.loads((vectors_dir / "json_web_signature_test.json").read_text())
+    keys: dict[str, VerifyKey] = {}
+    for group in document["testGroups"]:
+        jwk = group.get("public")
+        if not jwk or jwk.get("kid") in keys or jwk.get("alg") not in ("RS256", "ES256"):
+            continue
+        try:
+            pem, kid = jwk_to_pem(json.dumps(jwk).encode())
+            alg, public_key = parse_public_key(pem)
+        except KeyRejected:
+            continue
+        if kid:
+            keys[kid] = VerifyKey(kid=kid, alg=alg, public_key=public_key)
+    if not keys:
+        raise RuntimeError(f"no RS256/ES256 keys in {vectors_dir}")
+    return keys
+
+
+def _b64decode_strict(segment: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", segment) or len(segment) % 4 == 1:
+        raise ValueError("not base64url")
+    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if base64.urlsafe_b64encode(data).rstrip(b"=").decode() != segment:
+        raise ValueError("not canonical")
+    return data
+
+
+def genuinely_signed(token: str, keys: Mapping[str, VerifyKey]) -> bool:
+    """An oracle independent of the verifier's parser and of ``VerifyKey.verify``."""
+    parts = token.split(".")
+    if len(parts) != 3 or not token.isascii():
+        return False
+    try:
+        header = json.loads(_b64decode_strict(parts[0]))
+        _b64decode_strict(parts[1])
+        signature = _b64decode_strict(parts[2])
+    except ValueError:
+        return False
+    if not isinstance(header, dict) or not isinstance(header.get("kid"), str):
+        return False
+    key = keys.get(header["kid"])
+    if key is None or key.alg != header.get("alg"):
+        return False
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    public = key.public_key
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+            return True
+        if len(signature) != 64:
+            return False
+        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
+            return False
+        public.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
+        return True
+    except InvalidSignature:
+        return False
+
+
+class TokenTarget:
+    """``bearer_token`` + ``decide`` on the input as a token and as a header, then the
+    servicer's ``check`` on the same header."""
+
+    def __init__(self, keys: Mapping[str, VerifyKey]) -> None:
+        self.keys = dict(keys)
+        snapshot = Snapshot({PROJECT: ProjectKeys(self.keys, ())})
+        self.service = AuthorizationService(lambda: snapshot, POLICIES[0], clock=lambda: NOW)
+
+    def __call__(self, data: bytes) -> None:
+        text = data.decode("latin-1")  # one character per byte: mutations stay local
+        for candidate in (text, bearer_token(text), bearer_token("Bearer " + text)):
+            for policy in POLICIES:
+                self._decide(candidate, policy)
+        self._check(text)
+
+    def _decide(self, token: str | None, policy: Policy) -> None:
+        decision = decide(token, self.keys, policy, NOW)
+        if isinstance(decision, Allowed):
+            if token is None or not genuinely_signed(token, self.keys):
+                raise AssertionError(f"allowed without a valid signature: {token!r}")
+            return
+        if not isinstance(decision, Denied) or decision.reason.message not in CONTRACT_MESSAGES:
+            raise AssertionError(f"not a contract answer: {decision!r} for {token!r}")
+
+    def _check(self, header: str) -> None:
+        request = external_auth_pb2.CheckRequest(
+            attributes=attribute_context_pb2.AttributeContext(
+                request=attribute_context_pb2.AttributeContext.Request(
+                    http=attribute_context_pb2.AttributeContext.HttpRequest(
+                        path=f"/eth/{PROJECT}", headers={"authorization": header}
+                    )
+                )
+            )
+        )
+        response = self.service.check(request)
+        response.SerializeToString()
+        if response.WhichOneof("http_response") == "denied_response":
+            body: dict[str, Any] = json.loads(response.denied_response.body)
+            if body.get("code") != -32013 or body.get("message") not in CONTRACT_MESSAGES:
+                raise AssertionError(f"not a contract denial: {body!r}")
+
+
+class KeyTarget:
+    """``parse_public_key`` (and ``jwk_to_pem`` first for JSON): a key or KeyRejected."""
+
+    def __call__(self, data: bytes) -> None:
+        if is_jwk(data):
+            try:
+                data, _kid = jwk_to_pem(data)
+            except KeyRejected:
+                return
+        try:
+            alg, key = parse_public_key(data)
+        except KeyRejected as exc:
+            if not str(exc) or "\n" in str(exc):
+                raise AssertionError(f"a refusal must be one non-empty line: {exc!r}") from None
+            return
+        if alg == "RS256":
+            if not isinstance(key, rsa.RSAPublicKey):
+                raise AssertionError(f"RS256 for a {type(key).__name__}")
+            numbers = key.public_numbers()
+            if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+                raise AssertionError(f"RSA key of {key.key_size} bits accepted")
+            if numbers.e < 3 or numbers.e % 2 == 0:
+                raise AssertionError(f"RSA exponent {numbers.e} accepted")
+        elif alg == "ES256":
+            if not (isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"):
+                raise AssertionError(f"ES256 for {key!r}")
+        else:
+            raise AssertionError(f"unexpected algorithm {alg!r}")

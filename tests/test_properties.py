@@ -1,0 +1,558 @@
+"""Properties of the verifier over inputs nobody wrote by hand (Hypothesis).
+
+For arbitrary text and bytes, for token-shaped garbage, for arbitrary JSON headers and
+claims, and for mutations of valid tokens, ``decide`` never raises, always answers with
+one of the contract's messages, and allows a token only when its signature is genuinely
+valid: either the mutated token still carries the original's signing input and signature,
+or an independent check (the ``cryptography`` primitives, called directly) verifies it
+with the registered key. Structured tokens are also compared with a model of the
+contract's decision table written here from docs/contract.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.keys import VerifyKey
+from authz_server.keystore import ProjectKeys, Snapshot
+from authz_server.service import AuthorizationService
+from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.verifier import MAX_TOKEN_LENGTH, Allowed, Denied, Policy, bearer_token, decide
+
+EC_KID: Final = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
+RSA_KID: Final = "6b1a3f0e-15a9-11ee-b7c2-0a58538e0d0c"
+PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
+NOW: Final = 1_700_000_000
+P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+SUFFIX: Final = "rpc.example.com"
+
+MALFORMED: Final = "invalid JWT token (malformatted token)"
+UNSUPPORTED: Final = "invalid JWT token (unsupported algorithm)"
+EMPTY_KID: Final = "invalid JWT token (empty key id)"
+UNKNOWN_KID: Final = "invalid JWT token (empty configuration)"
+BAD_SIGNATURE: Final = "invalid JWT token (signature verification failed)"
+EXPIRED: Final = "invalid JWT token (expired token)"
+NOT_YET: Final = "invalid JWT token (not reached nbf)"
+BAD_AUDIENCE: Final = "invalid JWT token (invalid audience)"
+CONTRACT_MESSAGES: Final = frozenset(
+    {"missing JWT token", MALFORMED, UNSUPPORTED, EMPTY_KID, UNKNOWN_KID, BAD_SIGNATURE}
+    | {EXPIRED, NOT_YET, BAD_AUDIENCE}
+)
+POLICIES: Final = (Policy(), Policy(audience_suffix=SUFFIX), Policy(leeway=30))
+
+PROPERTY: Final = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+# -- the world: two registered keys, looked at two independent ways ----------------------------
+
+
+class Registered:
+    """The project's keys as the verifier sees them, and as the oracle sees them."""
+
+    def __init__(self, rsa_key: PrivateKey, ec_key: PrivateKey) -> None:
+        from authz_server.keys import parse_public_key
+
+        assert isinstance(rsa_key, rsa.RSAPrivateKey)
+        assert isinstance(ec_key, ec.EllipticCurvePrivateKey)
+        self.rsa, self.ec = rsa_key, ec_key
+        self.private: dict[str, PrivateKey] = {RSA_KID: rsa_key, EC_KID: ec_key}
+        self.keys: dict[str, VerifyKey] = {}
+        for kid, key in self.private.items():
+            alg, public = parse_public_key(public_pem(key))
+            self.keys[kid] = VerifyKey(kid=kid, alg=alg, public_key=public)
+        self.alg = {RSA_KID: "RS256", EC_KID: "ES256"}
+        # A few valid tokens to mutate, signed once.
+        self.valid = [
+            mint(ec_key, EC_KID, {}),
+            mint(ec_key, EC_KID, {"exp": NOW + 600, "aud": "eth." + SUFFIX, "sub": "a/b?c"}),
+            mint(rsa_key, RSA_KID, {"nbf": NOW - 5, "jti": "x" * 40}),
+            mint(rsa_key, RSA_KID, {"aud": [SUFFIX, "other"]}),
+        ]
+
+    def genuinely_signed(self, token: str) -> bool:
+        """The oracle: split by hand, strict base64url, verify with cryptography directly."""
+        parts = token.split(".")
+        if len(parts) != 3 or not token.isascii():
+            return False
+        try:
+            header = json.loads(strict_b64decode(parts[0]))
+            strict_b64decode(parts[1])
+            signature = strict_b64decode(parts[2])
+        except ValueError:
+            return False
+        if not isinstance(header, dict):
+            return False
+        kid, alg = header.get("kid"), header.get("alg")
+        if not isinstance(kid, str) or kid not in self.private or self.alg[kid] != alg:
+            return False
+        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+        public = self.private[kid].public_key()
+        try:
+            if isinstance(public, rsa.RSAPublicKey):
+                public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+                return True
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            if len(signature) != 64:
+                return False
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
+                return False
+            public.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
+            return True
+        except InvalidSignature:
+            return False
+
+
+@pytest.fixture(scope="module")
+def registered(rsa_key: PrivateKey, ec_key: PrivateKey) -> Registered:
+    return Registered(rsa_key, ec_key)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def strict_b64decode(segment: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", segment) or len(segment) % 4 == 1:
+        raise ValueError("not base64url")
+    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if b64(data) != segment:
+        raise ValueError("not canonical")
+    return data
+
+
+def answer(token: str | None, registered: Registered, policy: Policy = POLICIES[0]) -> str | None:
+    """``decide``'s message, or None when it allows; checks it is a contract message and
+    that the call is deterministic."""
+    decision = decide(token, registered.keys, policy, NOW)
+    assert decide(token, registered.keys, policy, NOW) == decision
+    if isinstance(decision, Allowed):
+        assert decision.kid is not None
+        return None
+    assert isinstance(decision, Denied)
+    assert decision.reason.message in CONTRACT_MESSAGES
+    return decision.reason.message
+
+
+def assert_allowed_only_if_genuine(token: str | None, registered: Registered) -> None:
+    for policy in POLICIES:
+        if answer(token, registered, policy) is None:
+            assert token is not None
+            assert registered.genuinely_signed(token), (
+                f"allowed without a valid signature: {token!r}"
+            )
+
+
+# -- arbitrary input ---------------------------------------------------------------------------
+
+B64URL: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+token_shaped = st.lists(
+    st.text(alphabet=B64URL + "=+/. ", max_size=60), min_size=0, max_size=6
+).map(".".join)
+
+
+@PROPERTY
+@given(text=st.text())
+def test_arbitrary_text_is_denied_with_a_contract_message(
+    text: str, registered: Registered
+) -> None:
+    assert_allowed_only_if_genuine(text, registered)
+    assert_allowed_only_if_genuine(bearer_token("Bearer " + text), registered)
+    assert decide(text, None, POLICIES[0], NOW) == Allowed(kid=None)
+
+
+@PROPERTY
+@given(data=st.binary(max_size=400))
+def test_arbitrary_bytes_are_denied_with_a_contract_message(
+    data: bytes, registered: Registered
+) -> None:
+    assert_allowed_only_if_genuine(data.decode("latin-1"), registered)
+    assert_allowed_only_if_genuine(data.decode("utf-8", "surrogateescape"), registered)
+
+
+@PROPERTY
+@given(token=token_shaped)
+def test_token_shaped_garbage_is_denied_with_a_contract_message(
+    token: str, registered: Registered
+) -> None:
+    assert_allowed_only_if_genuine(token, registered)
+
+
+@PROPERTY
+@given(header=st.text(max_size=80))
+def test_bearer_token_returns_none_or_the_text_after_the_scheme_and_its_spaces(header: str) -> None:
+    token = bearer_token(header)
+    if token is not None:
+        scheme, rest = header[:6], header[6:]
+        assert scheme.lower() == "bearer"
+        assert rest.startswith(" ")
+        assert rest.lstrip(" ") == token
+        assert not token.startswith(" ")
+
+
+@PROPERTY
+@given(header=st.one_of(st.text(), token_shaped.map(lambda t: "Bearer " + t)))
+def test_the_servicer_answers_any_header_with_a_json_rpc_denial(
+    header: str, registered: Registered
+) -> None:
+    snapshot = Snapshot({PROJECT: ProjectKeys(registered.keys, ())})
+    service = AuthorizationService(lambda: snapshot, Policy(), clock=lambda: NOW)
+    request = external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(
+                http=attribute_context_pb2.AttributeContext.HttpRequest(
+                    path=f"/eth/{PROJECT}", headers={"authorization": header}
+                )
+            )
+        )
+    )
+    response = service.check(request)
+    assert response.WhichOneof("http_response") == "denied_response"
+    body = json.loads(response.denied_response.body)
+    assert body["code"] == -32013
+    assert body["message"] in CONTRACT_MESSAGES
+    assert body["project"] == PROJECT
+
+
+# -- structured tokens against a model of the decision table ------------------------------------
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+times = st.one_of(
+    st.integers(min_value=NOW - 100, max_value=NOW + 100),
+    st.floats(min_value=NOW - 100, max_value=NOW + 100),
+    st.sampled_from([0, -1, -0.0, 10**30, 1e308, -1e308]),
+    json_values,
+)
+audiences = st.one_of(
+    st.sampled_from([SUFFIX, "eth." + SUFFIX, "ETH.RPC.EXAMPLE.COM", "example.org", ""]),
+    st.lists(st.sampled_from([SUFFIX, "x.org", "EXAMPLE.ORG"]), max_size=3),
+    json_values,
+)
+headers = st.builds(
+    lambda extra, fields: {**extra, **fields},
+    st.dictionaries(st.text(max_size=6), json_values, max_size=2),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "alg": st.one_of(
+                st.sampled_from(["RS256", "ES256", "none", "HS256", "PS256", "es256", "ES384"]),
+                json_values,
+            ),
+            "kid": st.one_of(st.sampled_from([EC_KID, RSA_KID, "", "unknown"]), json_values),
+            "crit": json_values,
+            "typ": st.sampled_from(["JWT", "jwt", "at+jwt"]),
+        },
+    ),
+)
+claims = st.builds(
+    lambda extra, fields: {**extra, **fields},
+    st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+    st.fixed_dictionaries({}, optional={"exp": times, "nbf": times, "aud": audiences}),
+)
+
+
+def model(
+    header: dict[str, Any],
+    claims: dict[str, Any],
+    signed_by: str | None,
+    length: int,
+    policy: Policy,
+) -> str | None:
+    """docs/contract.md's decision table, rows 2 to 9, for a project whose keys are
+    EC_KID (ES256) and RSA_KID (RS256). ``signed_by`` is the kid whose key really signed."""
+    number = (int, float)
+    if length > MAX_TOKEN_LENGTH or "crit" in header:
+        return MALFORMED
+    if any(name in claims and type(claims[name]) not in number for name in ("exp", "nbf")):
+        return MALFORMED
+    if "aud" in claims:
+        aud = claims["aud"]
+        if not (
+            isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))
+        ):
+            return MALFORMED
+    alg, kid = header.get("alg"), header.get("kid")
+    if alg not in ("RS256", "ES256"):
+        return UNSUPPORTED
+    if not isinstance(kid, str) or not kid:
+        return EMPTY_KID
+    if kid not in (EC_KID, RSA_KID):
+        return UNKNOWN_KID
+    if signed_by != kid or alg != {EC_KID: "ES256", RSA_KID: "RS256"}[kid]:
+        return BAD_SIGNATURE
+    if "exp" in claims and claims["exp"] + policy.leeway <= NOW:
+        return EXPIRED
+    if "nbf" in claims and claims["nbf"] - policy.leeway > NOW:
+        return NOT_YET
+    if "aud" in claims and policy.audience_suffix:
+        values = [claims["aud"]] if isinstance(claims["aud"], str) else claims["aud"]
+        if not any(v.casefold().endswith(policy.audience_suffix.casefold()) for v in values):
+            return BAD_AUDIENCE
+    return None
+
+
+@PROPERTY
+@given(
+    header=headers,
+    claims=claims,
+    signer=st.sampled_from([EC_KID, RSA_KID, None]),
+    policy=st.sampled_from(POLICIES),
+)
+def test_structured_tokens_get_the_answer_of_the_contracts_table(
+    header: dict[str, Any],
+    claims: dict[str, Any],
+    signer: str | None,
+    policy: Policy,
+    registered: Registered,
+) -> None:
+    h = b64(json.dumps(header).encode())
+    p = b64(json.dumps(claims).encode())
+    signing_input = f"{h}.{p}".encode()
+    if signer == EC_KID:
+        r, s = decode_dss_signature(registered.ec.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    elif signer == RSA_KID:
+        signature = registered.rsa.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        signature = bytes(64)
+    token = f"{h}.{p}.{b64(signature)}"
+    assert answer(token, registered, policy) == model(header, claims, signer, len(token), policy)
+
+
+# -- mutations of valid tokens -----------------------------------------------------------------
+
+
+def _segments(token: str) -> list[str]:
+    return token.split(".")
+
+
+def _flip_char_bit(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    if not token:
+        return token
+    i = draw(st.integers(0, len(token) - 1))
+    bit = draw(st.integers(0, 7))
+    return token[:i] + chr(ord(token[i]) ^ (1 << bit)) + token[i + 1 :]
+
+
+def _flip_decoded_bit(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    parts = _segments(token)
+    k = draw(st.integers(0, len(parts) - 1))
+    try:
+        raw = bytearray(strict_b64decode(parts[k]))
+    except ValueError:
+        return token
+    if not raw:
+        return token
+    i = draw(st.integers(0, len(raw) - 1))
+    raw[i] ^= 1 << draw(st.integers(0, 7))
+    parts[k] = b64(bytes(raw))
+    return ".".join(parts)
+
+
+def _swap_segments(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    parts = _segments(token)
+    if len(parts) < 2:
+        return token
+    i, j = draw(st.permutations(range(len(parts))))[:2]
+    parts[i], parts[j] = parts[j], parts[i]
+    return ".".join(parts)
+
+
+def _transplant_segment(draw: st.DrawFn, token: str, others: list[str]) -> str:
+    """A segment from another valid token (another key, other claims)."""
+    parts, donor = _segments(token), _segments(draw(st.sampled_from(others)))
+    k = draw(st.integers(0, min(len(parts), len(donor)) - 1))
+    parts[k] = donor[k]
+    return ".".join(parts)
+
+
+def _reencode(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    parts = _segments(token)
+    k = draw(st.integers(0, len(parts) - 1))
+    try:
+        raw = strict_b64decode(parts[k])
+    except ValueError:
+        return token
+    how = draw(st.sampled_from(["standard", "padded", "json-spaced", "json-sorted", "ascii"]))
+    if how == "standard":
+        parts[k] = base64.b64encode(raw).decode().rstrip("=")
+    elif how == "padded":
+        parts[k] = base64.urlsafe_b64encode(raw).decode()
+    else:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return token
+        text = {
+            "json-spaced": lambda: json.dumps(value, indent=1),
+            "json-sorted": lambda: json.dumps(value, sort_keys=True, separators=(",", ":")),
+            "ascii": lambda: json.dumps(value, ensure_ascii=False),
+        }[how]()
+        parts[k] = b64(text.encode())
+    return ".".join(parts)
+
+
+def _truncate(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    return token[: draw(st.integers(0, max(0, len(token) - 1)))]
+
+
+def _insert(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    i = draw(st.integers(0, len(token)))
+    junk = draw(st.text(alphabet=B64URL + "=.+/ \n\t\x00\u00e9", min_size=1, max_size=3))
+    return token[:i] + junk + token[i:]
+
+
+def _delete(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    if not token:
+        return token
+    i = draw(st.integers(0, len(token) - 1))
+    return token[:i] + token[i + draw(st.integers(1, 4)) :]
+
+
+def _malleate_ecdsa(draw: st.DrawFn, token: str, _others: list[str]) -> str:
+    """(r, n - s) is the other valid ECDSA signature: allowed, and the oracle agrees."""
+    parts = _segments(token)
+    try:
+        signature = strict_b64decode(parts[-1])
+    except ValueError:
+        return token
+    if len(signature) != 64:
+        return token
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    if not 0 < s < P256_ORDER:
+        return token
+    parts[-1] = b64(r.to_bytes(32, "big") + (P256_ORDER - s).to_bytes(32, "big"))
+    return ".".join(parts)
+
+
+MUTATIONS: Final[list[Callable[[st.DrawFn, str, list[str]], str]]] = [
+    _flip_char_bit,
+    _flip_decoded_bit,
+    _swap_segments,
+    _transplant_segment,
+    _reencode,
+    _truncate,
+    _insert,
+    _delete,
+    _malleate_ecdsa,
+]
+
+
+def _signed_content(token: str) -> tuple[str, bytes] | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        return f"{parts[0]}.{parts[1]}", strict_b64decode(parts[2])
+    except ValueError:
+        return None
+
+
+@st.composite
+def mutated(draw: st.DrawFn, valid: list[str]) -> tuple[str, str]:
+    original = draw(st.sampled_from(valid))
+    token = original
+    for mutation in draw(st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=3)):
+        token = mutation(draw, token, valid)
+    return original, token
+
+
+@PROPERTY
+@given(data=st.data())
+def test_a_mutated_valid_token_is_allowed_only_if_still_genuinely_signed(
+    data: st.DataObject, registered: Registered
+) -> None:
+    original, token = data.draw(mutated(registered.valid))
+    for policy in POLICIES:
+        if answer(token, registered, policy) is None:
+            unchanged = _signed_content(token) == _signed_content(original)
+            assert unchanged or registered.genuinely_signed(token), (original, token)
+
+
+def test_the_originals_are_allowed_and_the_oracle_agrees(registered: Registered) -> None:
+    for token in registered.valid:
+        assert answer(token, registered, Policy(audience_suffix=SUFFIX)) is None
+        assert registered.genuinely_signed(token)
+    forged = registered.valid[0][:-2] + ("AA" if not registered.valid[0].endswith("AA") else "BA")
+    assert not registered.genuinely_signed(forged)
+
+
+def test_the_other_valid_ecdsa_signature_is_allowed_and_the_oracle_agrees(
+    registered: Registered,
+) -> None:
+    """(r, n - s) verifies as well as (r, s): a mutation the property must tolerate."""
+    original = registered.valid[0]
+    token = _malleate_ecdsa(lambda _strategy: None, original, [])  # type: ignore[arg-type, return-value]
+    assert token != original
+    assert answer(token, registered) is None
+    assert registered.genuinely_signed(token)
+
+
+@pytest.fixture(scope="module")
+def caching_service(registered: Registered) -> AuthorizationService:
+    snapshot = Snapshot({PROJECT: ProjectKeys(registered.keys, ())})
+    return AuthorizationService(lambda: snapshot, Policy(), clock=lambda: NOW)
+
+
+def _servicer_allows(service: AuthorizationService, token: str) -> bool:
+    request = external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(
+                http=attribute_context_pb2.AttributeContext.HttpRequest(
+                    path=f"/eth/{PROJECT}", headers={"authorization": "Bearer " + token}
+                )
+            )
+        )
+    )
+    response = service.check(request)
+    if response.WhichOneof("http_response") == "ok_response":
+        return True
+    assert json.loads(response.denied_response.body)["message"] in CONTRACT_MESSAGES
+    return False
+
+
+@PROPERTY
+@given(data=st.data())
+def test_mutations_of_a_cached_token_are_judged_afresh_by_the_servicer(
+    data: st.DataObject, registered: Registered, caching_service: AuthorizationService
+) -> None:
+    """The servicer remembers verified tokens; a near copy of one must not ride on that."""
+    original, token = data.draw(mutated(registered.valid))
+    assert _servicer_allows(caching_service, original)  # verified, now remembered
+    assert _servicer_allows(caching_service, original)  # answered from the cache
+    if _servicer_allows(caching_service, token):
+        unchanged = _signed_content(token) == _signed_content(original)
+        assert unchanged or registered.genuinely_signed(token), (original, token)
