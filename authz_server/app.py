@@ -15,12 +15,14 @@ from pathlib import Path
 
 from .cache import DEFAULT_MAX_ENTRIES
 from .keystore import KeyStore
+from .logging_setup import TEXT_FORMAT
+from .metrics import CheckMetrics, MetricsServer, StateCollector
 from .service import AuthorizationService, GateServer
 from .verifier import Policy
 
 __all__ = ["DEFAULT_LISTEN", "LOG_FORMAT", "ListenError", "Settings", "running_gate"]
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = TEXT_FORMAT
 
 log = logging.getLogger("authz_server")
 
@@ -45,43 +47,99 @@ class Settings:
     grace: float = 5.0
     cache_size: int = DEFAULT_MAX_ENTRIES
     workers: int = 1
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    log_format: str = "text"
 
 
 @contextmanager
 def running_gate(settings: Settings) -> Iterator[GateServer]:
-    """Load the keys, start the watcher and the server; drain and stop them on exit."""
+    """Load the keys, start the watcher, the server and the metrics endpoint; drain and
+    stop them on exit. Health says SERVING only once a whole scan of the keys directory
+    has completed (at once, unless the directory was unreadable at start)."""
     store = KeyStore(settings.keys_dir)
     snapshot = store.reload()
+    metrics = CheckMetrics()
     service = AuthorizationService(
         lambda: store.snapshot,
         Policy(leeway=settings.leeway, audience_suffix=settings.audience_suffix),
         forward_jwt=settings.forward_jwt,
         cache_size=settings.cache_size,
+        metrics=metrics,
     )
+    metrics.registry.register(StateCollector(store, service.verifier))
     try:
         server = GateServer(service, settings.listen, threads=settings.threads)
     except (OSError, RuntimeError) as exc:
         raise ListenError(f"cannot listen on {settings.listen}: {exc}") from None
-    watcher_stop = threading.Event()
+    metrics_server = None
+    if settings.metrics_listen is not None:
+        try:
+            metrics_server = MetricsServer(metrics.registry, settings.metrics_listen)
+        except OSError as exc:
+            server.stop(0)
+            raise ListenError(f"cannot listen on {settings.metrics_listen}: {exc}") from None
+    stopping = threading.Event()
     watcher = threading.Thread(
         target=store.watch,
-        args=(watcher_stop,),
+        args=(stopping,),
         kwargs={"rescan_interval": settings.rescan_interval or 1.0},
         name="keys-watcher",
         daemon=True,
     )
     watcher.start()
+    ready = threading.Thread(
+        target=_serving_once_loaded,
+        args=(store, server, stopping),
+        name="health-ready",
+        daemon=True,
+    )
     try:
-        server.start()
+        server.start(serving=store.loaded.is_set())
+        if not store.loaded.is_set():
+            log.warning(
+                "keys directory %s not loaded yet; health NOT_SERVING until it is",
+                settings.keys_dir,
+                extra={"event": "not_ready", "keys_dir": str(settings.keys_dir)},
+            )
+            ready.start()
+        metrics_address = None if metrics_server is None else metrics_server.address
         log.info(
-            "serving on %s: keys dir %s, %d project(s) with %d key(s)",
+            "serving on %s: keys dir %s, %d project(s) with %d key(s), metrics %s",
             server.address,
             settings.keys_dir,
             len(snapshot.projects),
             snapshot.key_count,
+            "off" if metrics_address is None else f"on http://{metrics_address}/metrics",
+            extra={
+                "event": "serving",
+                "listen": server.address,
+                "keys_dir": str(settings.keys_dir),
+                "projects": len(snapshot.projects),
+                "keys": snapshot.key_count,
+                "metrics": metrics_address,
+            },
         )
         yield server
     finally:
+        stopping.set()  # first: the readiness thread must not flip health back on
+        if ready.is_alive():
+            ready.join(timeout=1.0)
         server.stop(settings.grace)
-        watcher_stop.set()
+        answered = metrics.answered()
+        log.info(
+            "drained; %d check(s) answered in all",
+            answered,
+            extra={"event": "drained", "answered": answered},
+        )
+        if metrics_server is not None:
+            metrics_server.stop()
         watcher.join(timeout=settings.grace)
+
+
+def _serving_once_loaded(store: KeyStore, server: GateServer, stopping: threading.Event) -> None:
+    while not stopping.is_set():
+        if store.loaded.wait(0.05):
+            if not stopping.is_set():
+                server.set_serving(True)
+                log.info("keys loaded; health SERVING", extra={"event": "ready"})
+            return

@@ -8,6 +8,7 @@ Bad configuration exits with status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -18,8 +19,9 @@ from typing import Any
 
 from . import __version__
 from ._signals import StopSignals
-from .app import DEFAULT_LISTEN, LOG_FORMAT, ListenError, Settings, running_gate
+from .app import DEFAULT_LISTEN, ListenError, Settings, running_gate
 from .cache import DEFAULT_MAX_ENTRIES
+from .logging_setup import LOG_FORMATS, configure_logging
 from .options import env_value, flag, host_port, non_negative_int, positive_int, route, seconds
 
 __all__ = ["Settings", "main", "serve"]
@@ -94,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level",
     )
+    option(
+        "--log-format",
+        default="text",
+        type=str.lower,
+        choices=list(LOG_FORMATS),
+        help="text lines, or one JSON object per line",
+    )
+    option(
+        "--metrics-listen",
+        default=None,
+        type=host_port,
+        help="Prometheus metrics HOST:PORT (default: off); worker i of --workers uses PORT+i",
+    )
     health_cmd = commands.add_parser(
         "health",
         help="ask a running service whether it is serving (exit 0) or not (exit 1)",
@@ -163,9 +178,20 @@ def _command_modules() -> list[Callable[[Any], None]]:
 def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; return the process exit status."""
     if settings.workers > 1:
-        from .workers import supervise
+        from .workers import supervise, worker_addresses
 
-        return supervise(settings, _serve_one)
+        listens = worker_addresses(settings.listen, settings.workers)
+        metrics: list[str | None] = [None] * settings.workers
+        if settings.metrics_listen is not None:
+            metrics = list(worker_addresses(settings.metrics_listen, settings.workers))
+
+        def run_worker(worker: Settings) -> int:
+            # The supervisor hands each worker its own gRPC address; its metrics
+            # address is the one at the same position (PORT+i).
+            number = listens.index(worker.listen)
+            return _serve_one(dataclasses.replace(worker, metrics_listen=metrics[number]))
+
+        return supervise(settings, run_worker)
     return _serve_one(settings)
 
 
@@ -182,13 +208,7 @@ def _serve_one(settings: Settings) -> int:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level,
-        format=LOG_FORMAT
-        if args.workers == 1
-        else LOG_FORMAT.replace("%(name)s", "[%(process)d] %(name)s"),
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format, with_pid=args.workers > 1)
     keys_dir: Path = args.keys_dir
     if not keys_dir.is_dir():
         what = "is not a directory" if keys_dir.exists() else "does not exist"
@@ -200,8 +220,14 @@ def _serve_command(args: argparse.Namespace) -> int:
 
         try:
             worker_addresses(args.listen, args.workers)
+            if args.metrics_listen is not None:
+                worker_addresses(args.metrics_listen, args.workers)
         except ValueError as exc:
             args.parser.error(str(exc))
+        metrics_listen = args.metrics_listen
+        if metrics_listen and args.listen.endswith(":0") and not metrics_listen.endswith(":0"):
+            # Every worker's gRPC port is 0 then: nothing tells them apart.
+            args.parser.error("--workers with --listen port 0 needs --metrics-listen port 0")
     settings = Settings(
         keys_dir=keys_dir,
         listen=args.listen,
@@ -213,6 +239,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         cache_size=args.cache_size,
         workers=args.workers,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
     )
     return serve(settings)
 

@@ -13,11 +13,13 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent import futures
+from time import perf_counter
 from typing import Final
 
 import grpc
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from ._proto.envoy.config.core.v3 import base_pb2
 from ._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
@@ -25,6 +27,7 @@ from ._proto.envoy.type.v3 import http_status_pb2
 from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
 from .keystore import Snapshot
 from .logtext import printable
+from .metrics import CheckMetrics
 from .verifier import Allowed, Decision, Denied, Policy, Reason, bearer_token
 
 __all__ = [
@@ -89,8 +92,14 @@ class AuthorizationService:
         forward_jwt: bool = False,
         clock: Callable[[], float] = time.time,
         cache_size: int = DEFAULT_MAX_ENTRIES,
+        metrics: CheckMetrics | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self.metrics = metrics if metrics is not None else CheckMetrics()
+        self._allowed_valid = self.metrics.allowed_valid
+        self._allowed_no_jwt = self.metrics.allowed_no_jwt
+        self._denied_counters = self.metrics.denied
+        self._observe = self.metrics.duration.observe
         self._clock = clock
         self.verifier = CachingVerifier(policy, max_entries=cache_size)
         self._remove_on_allow = () if forward_jwt else ("authorization",)
@@ -105,6 +114,7 @@ class AuthorizationService:
         self, request: external_auth_pb2.CheckRequest, context: object = None
     ) -> bytes:
         """The gRPC handler: never raises, always answers with an encoded CheckResponse."""
+        start = perf_counter()
         project = ""
         protected = False
         try:
@@ -115,7 +125,15 @@ class AuthorizationService:
             protected = keys is not None
             decision: Decision = self.verifier.decide(project, token, keys, self._clock())
             if isinstance(decision, Allowed):
-                return self._allowed(decision.kid)
+                kid = decision.kid
+                if kid is None:
+                    response = _OPEN_PROJECT_RESPONSE
+                    self._allowed_no_jwt.inc()
+                else:
+                    response = self._allowed(kid)
+                    self._allowed_valid.inc()
+                self._observe(perf_counter() - start)
+                return response
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             log.error(
                 "internal error on project %s (%s); denied\n%s",
@@ -125,14 +143,28 @@ class AuthorizationService:
             )
             decision = Denied(Reason.INTERNAL_ERROR)
         assert isinstance(decision, Denied)
+        reason = decision.reason
+        self._denied_counters[reason].inc()
+        shown_project = printable(project)
+        kid = None if decision.kid is None else printable(decision.kid)
+        request_id = printable(request.attributes.request.http.id) or None
         log.info(
             "denied project=%s reason=%s kid=%s request_id=%s",
-            printable(project),
-            decision.reason.code,
-            "-" if decision.kid is None else printable(decision.kid),
-            printable(request.attributes.request.http.id) or "-",
+            shown_project,
+            reason.code,
+            kid or "-",
+            request_id or "-",
+            extra={
+                "event": "denied",
+                "project": shown_project,
+                "reason": reason.code,
+                "kid": kid,
+                "request_id": request_id,
+            },
         )
-        return self._denied(decision.reason, project, cacheable=protected)
+        response = self._denied(reason, project, cacheable=protected)
+        self._observe(perf_counter() - start)
+        return response
 
     def _allowed(self, kid: str | None) -> bytes:
         if kid is None:
@@ -185,7 +217,7 @@ def _already_encoded(response: bytes) -> bytes:
 
 
 class GateServer:
-    """A gRPC server with the Check and health services on one listen address."""
+    """A gRPC server with the Check, health and reflection services on one address."""
 
     def __init__(
         self,
@@ -201,6 +233,14 @@ class GateServer:
         self._server.add_generic_rpc_handlers((service.handler(),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
         self.port = self._server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
@@ -212,9 +252,11 @@ class GateServer:
         host = self.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
 
-    def start(self) -> None:
+    def start(self, *, serving: bool = True) -> None:
+        """Start answering; health says SERVING only when ``serving`` (else NOT_SERVING
+        until :meth:`set_serving`)."""
+        self.set_serving(serving)
         self._server.start()
-        self.set_serving(True)
 
     def set_serving(self, serving: bool) -> None:
         status = (

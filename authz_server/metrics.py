@@ -1,0 +1,212 @@
+"""Prometheus metrics: per-decision counters and check latency, plus the key store's and
+the token cache's state, served in the text format on ``--metrics-listen``.
+
+Every series lives in the service's own :class:`CollectorRegistry` (never the global
+one). Labels come only from bounded sets (the decision and a :class:`Reason` code):
+never a project id, a kid or a token. The labelled children are created up front, so
+a check does one dictionary-free ``inc()`` and one ``observe()``.
+
+The key store and the cache keep plain integer counters; :class:`StateCollector`
+reads them at scrape time, so neither module imports ``prometheus_client``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from .verifier import Reason
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .cache import CachingVerifier
+    from .keystore import KeyStore
+
+__all__ = [
+    "CHECK_DURATION_BUCKETS",
+    "CheckDurations",
+    "CheckMetrics",
+    "MetricsServer",
+    "StateCollector",
+]
+
+# A cached check takes tens of microseconds, a signature verification about 0.1-1 ms;
+# anything past 50 ms is a stall worth seeing in the +Inf bucket.
+CHECK_DURATION_BUCKETS: Final = (
+    0.00002,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+)
+
+ALLOW: Final = "allow"
+DENY: Final = "deny"
+VALID: Final = "valid"  # allowed: a verified token for a project with keys
+NO_JWT: Final = "no_jwt"  # allowed: a project without keys
+
+
+class CheckDurations(Collector):
+    """``authz_check_duration_seconds``: a histogram whose ``observe`` is one bisect and
+    two in-place additions, about a tenth of ``prometheus_client.Histogram`` (which takes
+    a lock per bucket and per sum, +1.4 µs on a 5 µs check).
+
+    Lock-free under the GIL: two threads may, very rarely, lose one increment between
+    them. A latency distribution does not care; ``_count`` is the sum of the buckets, so
+    the exposition stays self-consistent.
+    """
+
+    name: Final = "authz_check_duration_seconds"
+
+    def __init__(self, buckets: Iterable[float] = CHECK_DURATION_BUCKETS) -> None:
+        self.bounds = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        counts = list(self.counts)
+        total = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*self.bounds, math.inf), counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if math.isinf(bound) else repr(bound), total))
+        yield HistogramMetricFamily(
+            self.name,
+            "Time to answer one Check call, in the handler (excludes gRPC transport).",
+            buckets=buckets,
+            sum_value=self.sum,
+        )
+
+
+class CheckMetrics:
+    """The hot-path series: one counter child per (result, reason), one histogram."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.decisions = Counter(
+            "authz_decisions",
+            "Check decisions by result and reason (reason: a denial code, 'valid' or 'no_jwt').",
+            ["result", "reason"],
+            registry=self.registry,
+        )
+        self.allowed_valid = self.decisions.labels(ALLOW, VALID)
+        self.allowed_no_jwt = self.decisions.labels(ALLOW, NO_JWT)
+        self.denied = {reason: self.decisions.labels(DENY, reason.code) for reason in Reason}
+        self.duration = CheckDurations()
+        self.registry.register(self.duration)
+
+    def answered(self) -> int:
+        """Check calls answered so far (every decision, allow or deny)."""
+        return int(
+            sum(
+                sample.value
+                for family in self.decisions.collect()
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            )
+        )
+
+
+class StateCollector(Collector):
+    """Key store and cache state, read from their plain attributes at scrape time."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        verifier: CachingVerifier,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._verifier = verifier
+        self._clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        store = self._store
+        snapshot = store.snapshot
+        yield GaugeMetricFamily(
+            "authz_keys_loaded", "Active verification keys, all projects.", snapshot.key_count
+        )
+        yield GaugeMetricFamily(
+            "authz_projects_with_keys",
+            "Projects with key files (JWT required).",
+            len(snapshot.projects),
+        )
+        yield CounterMetricFamily(
+            "authz_keys_refused",
+            "Key files refused when a project was (re)read.",
+            store.keys_refused,
+        )
+        yield CounterMetricFamily(
+            "authz_reloads", "Key directory scans completed.", store.reloads_completed
+        )
+        yield CounterMetricFamily(
+            "authz_reload_failures",
+            "Key directory scans that failed (the last good key set stayed).",
+            store.reload_failures,
+        )
+        last = store.last_reload
+        yield GaugeMetricFamily(
+            "authz_seconds_since_last_reload",
+            "Seconds since the last completed key directory scan (NaN before the first).",
+            math.nan if last is None else max(0.0, self._clock() - last),
+        )
+        yield CounterMetricFamily(
+            "authz_cache_hits",
+            "Checks answered from the verified-token cache.",
+            self._verifier.hits,
+        )
+        yield CounterMetricFamily(
+            "authz_cache_misses",
+            "Checks of a token for a project with keys not found in the cache.",
+            self._verifier.misses,
+        )
+
+
+class MetricsServer:
+    """``GET /metrics`` (any path) in the Prometheus text format, on its own thread."""
+
+    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
+        from prometheus_client.exposition import start_http_server
+
+        host, _, port = listen.rpartition(":")
+        self.host = host
+        server: WSGIServer
+        server, self._thread = start_http_server(int(port), host.strip("[]"), registry)
+        self._server = server
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,150 @@
+"""``--log-format text|json``: one line per denial and key-store event, never a token."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from authz_process import AuthzProcess
+from test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT, check_request
+
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from authz_server.keystore import KeyStore
+from authz_server.logging_setup import JsonFormatter
+from authz_server.service import AuthorizationService
+from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.verifier import Policy
+
+
+def json_lines(log: str) -> list[dict[str, Any]]:
+    entries = []
+    for line in log.splitlines():
+        entry = json.loads(line)  # every line is one JSON object
+        assert isinstance(entry, dict)
+        entries.append(entry)
+    return entries
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path, ec_key: PrivateKey) -> Path:
+    (tmp_path / PROJECT).mkdir()
+    (tmp_path / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
+    (tmp_path / PROJECT / f"{BAD_KID}.pem").write_text("not a key\n")
+    return tmp_path
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """The service's and key store's records, formatted as JSON."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("authz_server")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def test_json_denial_carries_fields_and_request_id(
+    keys_dir: Path, ec_key: PrivateKey, other_ec_key: PrivateKey, captured: io.StringIO
+) -> None:
+    store = KeyStore(keys_dir)
+    store.reload()
+    service = AuthorizationService(lambda: store.snapshot, Policy())
+    forged = mint(other_ec_key, KID, {"exp": time.time() + 600})
+    valid = mint(ec_key, KID, {"exp": time.time() + 600})
+    service.check(check_request(PROJECT, forged, request_id="a1b2-c3d4"))
+    service.check(check_request(PROJECT, valid))
+    service.check(check_request(PROJECT))
+    entries = json_lines(captured.getvalue())
+    refused = [e for e in entries if e.get("event") == "key_refused"]
+    assert refused == [
+        refused[0] | {"project": PROJECT, "kid": BAD_KID, "level": "WARNING"},
+    ]
+    assert refused[0]["reason"]
+    denied = [e for e in entries if e.get("event") == "denied"]
+    assert len(denied) == 2  # the valid token passed without a line
+    assert denied[0] | {"time": "", "message": ""} == {
+        "time": "",
+        "level": "INFO",
+        "logger": "authz_server.service",
+        "message": "",
+        "event": "denied",
+        "project": PROJECT,
+        "reason": "bad_signature",
+        "kid": KID,
+        "request_id": "a1b2-c3d4",
+    }
+    assert denied[0]["message"] == (
+        f"denied project={PROJECT} reason=bad_signature kid={KID} request_id=a1b2-c3d4"
+    )
+    assert denied[1]["reason"] == "missing_token"
+    assert denied[1]["request_id"] is None
+    assert denied[1]["kid"] is None
+    text = captured.getvalue()
+    for token in (forged, valid):
+        assert token not in text
+        assert token.split(".")[2] not in text
+
+
+def test_serve_json_logs(keys_dir: Path, ec_key: PrivateKey) -> None:
+    expired = mint(ec_key, KID, {"exp": time.time() - 600})
+    with AuthzProcess(
+        keys_dir, "--log-format", "json", "--metrics-listen", "127.0.0.1:0"
+    ) as process:
+        with grpc.insecure_channel(process.address) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            stub.Check(check_request(PROJECT, expired, request_id="rq-99"), timeout=5)
+            stub.Check(check_request(OPEN_PROJECT), timeout=5)
+        assert process.stop() == 0
+    entries = json_lines(process.log)
+    (serving,) = [e for e in entries if e.get("event") == "serving"]
+    assert serving["listen"] == process.address
+    assert serving["keys_dir"] == str(keys_dir)
+    assert serving["projects"] == 1
+    assert serving["keys"] == 1
+    assert serving["metrics"].startswith("127.0.0.1:")
+    assert serving["message"].startswith(f"serving on {process.address}: ")
+    (denied,) = [e for e in entries if e.get("event") == "denied"]
+    assert denied["reason"] == "expired"
+    assert denied["project"] == PROJECT
+    assert denied["kid"] == KID
+    assert denied["request_id"] == "rq-99"
+    assert any(e.get("event") == "key_refused" and e["kid"] == BAD_KID for e in entries)
+    assert any(e.get("event") == "project_keys_loaded" for e in entries)
+    assert expired not in process.log
+    assert expired.split(".")[2] not in process.log
+
+
+def test_log_format_comes_from_the_environment(keys_dir: Path) -> None:
+    with AuthzProcess(keys_dir, env={"AUTHZ_LOG_FORMAT": "json"}) as process:
+        assert process.stop() == 0
+    assert any(e.get("event") == "serving" for e in json_lines(process.log))
+
+
+def test_text_format_is_unchanged(keys_dir: Path, ec_key: PrivateKey) -> None:
+    token = mint(ec_key, KID, {"exp": time.time() - 600})
+    with AuthzProcess(keys_dir) as process:
+        with grpc.insecure_channel(process.address) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            stub.Check(check_request(PROJECT, token, request_id="rq-5"), timeout=5)
+        assert process.stop() == 0
+    assert f" INFO authz_server: serving on {process.address}: keys dir " in process.log
+    assert (
+        f" INFO authz_server.service: denied project={PROJECT} reason=expired kid={KID} "
+        "request_id=rq-5"
+    ) in process.log
+    assert not any(line.startswith("{") for line in process.log.splitlines())
+    assert token not in process.log

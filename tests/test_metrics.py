@@ -1,0 +1,250 @@
+"""``--metrics-listen``: Prometheus text scraped over HTTP from a real server."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from authz_process import AuthzProcess
+from prometheus_client.parser import text_string_to_metric_families
+from support import wait_for
+
+from authz_server._proto.envoy.service.auth.v3 import (
+    attribute_context_pb2,
+    external_auth_pb2,
+    external_auth_pb2_grpc,
+)
+from authz_server.keystore import KeyStore
+from authz_server.metrics import CHECK_DURATION_BUCKETS, CheckDurations, CheckMetrics
+from authz_server.service import AuthorizationService
+from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.verifier import Policy, Reason
+
+PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
+OPEN_PROJECT = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"
+KID = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
+BAD_KID = "not-a-key-9f1c"
+_METRICS = re.compile(r"metrics on http://(\S+)/metrics")
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def check_request(
+    project: str, token: str | None = None, request_id: str = ""
+) -> external_auth_pb2.CheckRequest:
+    headers = {} if token is None else {"authorization": f"Bearer {token}"}
+    return external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(
+                http=attribute_context_pb2.AttributeContext.HttpRequest(
+                    id=request_id, method="POST", path=f"/eth/{project}", headers=headers
+                )
+            )
+        )
+    )
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        assert reply.status == 200
+        assert reply.headers["Content-Type"].startswith("text/plain")
+        body: bytes = reply.read()
+    return body.decode()
+
+
+def decisions(samples: Samples, result: str, reason: str) -> float:
+    return samples[("authz_decisions_total", (("reason", reason), ("result", result)))]
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path, ec_key: PrivateKey) -> Path:
+    (tmp_path / PROJECT).mkdir()
+    (tmp_path / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
+    (tmp_path / PROJECT / f"{BAD_KID}.pem").write_text("not a key\n")
+    return tmp_path
+
+
+def test_scrape_counts_decisions_and_state_without_ids(
+    keys_dir: Path, ec_key: PrivateKey, other_ec_key: PrivateKey
+) -> None:
+    now = time.time()
+    valid = mint(ec_key, KID, {"exp": now + 600})
+    expired = mint(ec_key, KID, {"exp": now - 600})
+    forged = mint(other_ec_key, KID, {"exp": now + 600})
+    with AuthzProcess(keys_dir, "--metrics-listen", "127.0.0.1:0") as process:
+        match = _METRICS.search(process.log)
+        assert match, process.log
+        metrics_address = match.group(1)
+        with grpc.insecure_channel(process.address) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            codes = [
+                stub.Check(check_request(PROJECT, token, "req-7f3a"), timeout=5).status.code
+                for token in (valid, valid, valid, None, expired, forged)
+            ]
+            codes.append(stub.Check(check_request(OPEN_PROJECT), timeout=5).status.code)
+        assert codes == [0, 0, 0, 7, 7, 7, 0]
+        text = scrape(metrics_address)
+    samples = parse(text)
+    assert decisions(samples, "allow", "valid") == 3
+    assert decisions(samples, "allow", "no_jwt") == 1
+    assert decisions(samples, "deny", "missing_token") == 1
+    assert decisions(samples, "deny", "expired") == 1
+    assert decisions(samples, "deny", "bad_signature") == 1
+    # Every reason is there from the start, at zero.
+    for reason in Reason:
+        assert ("authz_decisions_total", (("reason", reason.code), ("result", "deny"))) in samples
+    assert decisions(samples, "deny", "bad_audience") == 0
+    assert samples[("authz_check_duration_seconds_count", ())] == 7
+    assert samples[("authz_check_duration_seconds_bucket", (("le", "+Inf"),))] == 7
+    assert samples[("authz_check_duration_seconds_sum", ())] > 0
+    assert samples[("authz_keys_loaded", ())] == 1
+    assert samples[("authz_projects_with_keys", ())] == 1
+    assert samples[("authz_keys_refused_total", ())] == 1
+    assert samples[("authz_reloads_total", ())] >= 1
+    assert samples[("authz_reload_failures_total", ())] == 0
+    assert 0 <= samples[("authz_seconds_since_last_reload", ())] < 60
+    # valid: a miss then two hits; expired and forged: misses (only successes are cached).
+    assert samples[("authz_cache_hits_total", ())] == 2
+    assert samples[("authz_cache_misses_total", ())] == 3
+    for secret in (PROJECT, OPEN_PROJECT, KID, BAD_KID, valid, expired, forged, "req-7f3a"):
+        assert secret not in text
+    for part in valid.split("."):
+        assert part not in text
+
+
+def test_metrics_listen_comes_from_the_environment(keys_dir: Path) -> None:
+    env = {"AUTHZ_METRICS_LISTEN": "127.0.0.1:0"}
+    with AuthzProcess(keys_dir, env=env) as process:
+        match = _METRICS.search(process.log)
+        assert match, process.log
+        assert "authz_keys_loaded 1.0" in scrape(match.group(1))
+
+
+def test_metrics_are_off_by_default(keys_dir: Path) -> None:
+    with AuthzProcess(keys_dir) as process:
+        assert "metrics off" in process.log
+        assert not _METRICS.search(process.log)
+
+
+def test_reload_metrics_follow_the_keys_directory(keys_dir: Path, ec_key: PrivateKey) -> None:
+    with AuthzProcess(
+        keys_dir, "--metrics-listen", "127.0.0.1:0", "--rescan-interval", "0.1"
+    ) as process:
+        match = _METRICS.search(process.log)
+        assert match, process.log
+        address = match.group(1)
+        (keys_dir / "second").mkdir()
+        (keys_dir / "second" / "k2.pem").write_bytes(public_pem(ec_key))
+
+        def two_keys() -> bool:
+            return parse(scrape(address))[("authz_keys_loaded", ())] == 2
+
+        wait_for(two_keys, timeout=10, interval=0.05)
+        samples = parse(scrape(address))
+        assert samples[("authz_projects_with_keys", ())] == 2
+        assert samples[("authz_reloads_total", ())] >= 2
+
+
+def test_durations_histogram_buckets() -> None:
+    durations = CheckDurations()
+    for seconds in (0.00001, 0.00002, 0.00003, 0.002, 1.0):
+        durations.observe(seconds)
+    (family,) = list(durations.collect())
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert buckets[repr(CHECK_DURATION_BUCKETS[0])] == 2  # le is inclusive
+    assert buckets[repr(0.00005)] == 3
+    assert buckets[repr(0.0025)] == 4
+    assert buckets[repr(CHECK_DURATION_BUCKETS[-1])] == 4
+    assert buckets["+Inf"] == 5
+    count = next(s.value for s in family.samples if s.name.endswith("_count"))
+    assert count == 5
+
+
+def test_service_uses_its_own_registry(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    store = KeyStore(tmp_path)
+    store.reload()
+    first = AuthorizationService(lambda: store.snapshot, Policy(), metrics=CheckMetrics())
+    second = AuthorizationService(lambda: store.snapshot, Policy())
+    first.check(check_request(OPEN_PROJECT))
+    assert first.metrics.registry is not second.metrics.registry
+    assert (
+        first.metrics.registry.get_sample_value(
+            "authz_decisions_total", {"result": "allow", "reason": "no_jwt"}
+        )
+        == 1
+    )
+    assert (
+        second.metrics.registry.get_sample_value(
+            "authz_decisions_total", {"result": "allow", "reason": "no_jwt"}
+        )
+        == 0
+    )
+    assert REGISTRY.get_sample_value("authz_decisions_total", {"result": "allow"}) is None
+
+
+def _free_ports(count: int) -> int:
+    """A first port of ``count`` consecutive ports that are free right now."""
+    import random
+    import socket
+
+    for _attempt in range(50):
+        first = random.randint(20_000, 60_000)  # noqa: S311 - not security
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return first
+    raise AssertionError("no free port range")
+
+
+def test_each_worker_serves_metrics_on_its_own_port(keys_dir: Path) -> None:
+    first = _free_ports(4)
+    with AuthzProcess(
+        keys_dir,
+        "--workers",
+        "2",
+        "--listen",
+        f"127.0.0.1:{first}",
+        "--metrics-listen",
+        f"127.0.0.1:{first + 2}",
+    ) as process:
+        wait_for(lambda: len(_METRICS.findall(process.log)) == 2, timeout=20)
+        assert sorted(_METRICS.findall(process.log)) == [
+            f"127.0.0.1:{first + 2}",
+            f"127.0.0.1:{first + 3}",
+        ]
+        for port in (first + 2, first + 3):
+            assert parse(scrape(f"127.0.0.1:{port}"))[("authz_keys_loaded", ())] == 1
+
+
+def test_workers_on_port_zero_need_metrics_port_zero(
+    keys_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from authz_server.cli import main
+
+    args = ["serve", "--keys-dir", str(keys_dir), "--workers", "2", "--listen", "127.0.0.1:0"]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--metrics-listen", "127.0.0.1:9100"])
+    assert exited.value.code == 2
+    assert "--metrics-listen port 0" in capsys.readouterr().err
