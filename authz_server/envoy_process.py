@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["EnvoyConfigError", "EnvoyProcess", "envoy_binary", "validate"]
+__all__ = ["EnvoyConfigError", "EnvoyProcess", "envoy_binary", "terminate", "validate"]
 
 _POLL_S = 0.025
 _TAIL_LINES = 60
@@ -187,13 +187,8 @@ class EnvoyProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -209,6 +204,18 @@ class EnvoyProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> int:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def _tail(text: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from types import TracebackType
 from typing import Final
 
 import grpc
+
+from authz_server.envoy_process import terminate
 
 from . import procfs
 from .checks import CHECK_METHOD
@@ -112,13 +113,8 @@ class ServerProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process, timeout=15)
 
     def close(self) -> None:
         self.stop()

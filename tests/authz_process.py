@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +11,8 @@ import time
 from collections import deque
 from pathlib import Path
 from types import TracebackType
+
+from authz_server.envoy_process import terminate
 
 _SERVING = re.compile(r"serving on (\S+):(\d+):")
 
@@ -90,13 +91,7 @@ class AuthzProcess:
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
         self._reader.join(timeout)
         if self.process.stderr is not None:
             self.process.stderr.close()
