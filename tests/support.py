@@ -6,10 +6,25 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from authz_server.keys import VerifyKey, parse_public_key
 from authz_server.tokens import PrivateKey, public_pem
+
+# The contract's messages, spelled out here rather than taken from the code under test.
+MISSING: Final = "missing JWT token"
+MALFORMED: Final = "invalid JWT token (malformatted token)"
+UNSUPPORTED: Final = "invalid JWT token (unsupported algorithm)"
+EMPTY_KID: Final = "invalid JWT token (empty key id)"
+UNKNOWN_KID: Final = "invalid JWT token (empty configuration)"
+BAD_SIGNATURE: Final = "invalid JWT token (signature verification failed)"
+EXPIRED: Final = "invalid JWT token (expired token)"
+NOT_YET: Final = "invalid JWT token (not reached nbf)"
+BAD_AUDIENCE: Final = "invalid JWT token (invalid audience)"
+CONTRACT_MESSAGES: Final = frozenset(
+    {MISSING, MALFORMED, UNSUPPORTED, EMPTY_KID, UNKNOWN_KID, BAD_SIGNATURE}
+    | {EXPIRED, NOT_YET, BAD_AUDIENCE}
+)
 
 
 def verify_key(kid: str, private: PrivateKey) -> VerifyKey:

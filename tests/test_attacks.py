@@ -36,6 +36,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from google.rpc import code_pb2
+from support import (
+    BAD_AUDIENCE,
+    BAD_SIGNATURE,
+    CONTRACT_MESSAGES,
+    EMPTY_KID,
+    EXPIRED,
+    MALFORMED,
+    MISSING,
+    NOT_YET,
+    UNKNOWN_KID,
+    UNSUPPORTED,
+)
 
 from authz_server._proto.envoy.service.auth.v3 import (
     attribute_context_pb2,
@@ -59,16 +71,6 @@ NOW: Final = 1_700_000_000
 POLICY: Final = Policy(audience_suffix=AUDIENCE_SUFFIX)
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
-# The contract's messages, spelled out here rather than taken from the code under test.
-MISSING: Final = "missing JWT token"
-MALFORMED: Final = "invalid JWT token (malformatted token)"
-UNSUPPORTED: Final = "invalid JWT token (unsupported algorithm)"
-EMPTY_KID: Final = "invalid JWT token (empty key id)"
-UNKNOWN_KID: Final = "invalid JWT token (empty configuration)"
-BAD_SIGNATURE: Final = "invalid JWT token (signature verification failed)"
-EXPIRED: Final = "invalid JWT token (expired token)"
-NOT_YET: Final = "invalid JWT token (not reached nbf)"
-BAD_AUDIENCE: Final = "invalid JWT token (invalid audience)"
 
 Signer: TypeAlias = Callable[[bytes], bytes]
 Part: TypeAlias = Mapping[str, Any] | bytes  # a JSON object, or the raw bytes of a segment
@@ -1107,10 +1109,6 @@ def _check_attack_list() -> None:
 
 
 _check_attack_list()
-CONTRACT_MESSAGES: Final = frozenset(
-    {MISSING, MALFORMED, UNSUPPORTED, EMPTY_KID, UNKNOWN_KID, BAD_SIGNATURE}
-    | {EXPIRED, NOT_YET, BAD_AUDIENCE}
-)
 
 
 # -- fixtures -------------------------------------------------------------------------------------

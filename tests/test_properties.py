@@ -27,6 +27,17 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import (
+    BAD_AUDIENCE,
+    BAD_SIGNATURE,
+    CONTRACT_MESSAGES,
+    EMPTY_KID,
+    EXPIRED,
+    MALFORMED,
+    NOT_YET,
+    UNKNOWN_KID,
+    UNSUPPORTED,
+)
 
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from authz_server.keys import VerifyKey
@@ -42,18 +53,6 @@ NOW: Final = 1_700_000_000
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 SUFFIX: Final = "rpc.example.com"
 
-MALFORMED: Final = "invalid JWT token (malformatted token)"
-UNSUPPORTED: Final = "invalid JWT token (unsupported algorithm)"
-EMPTY_KID: Final = "invalid JWT token (empty key id)"
-UNKNOWN_KID: Final = "invalid JWT token (empty configuration)"
-BAD_SIGNATURE: Final = "invalid JWT token (signature verification failed)"
-EXPIRED: Final = "invalid JWT token (expired token)"
-NOT_YET: Final = "invalid JWT token (not reached nbf)"
-BAD_AUDIENCE: Final = "invalid JWT token (invalid audience)"
-CONTRACT_MESSAGES: Final = frozenset(
-    {"missing JWT token", MALFORMED, UNSUPPORTED, EMPTY_KID, UNKNOWN_KID, BAD_SIGNATURE}
-    | {EXPIRED, NOT_YET, BAD_AUDIENCE}
-)
 POLICIES: Final = (Policy(), Policy(audience_suffix=SUFFIX), Policy(leeway=30))
 
 PROPERTY: Final = settings(
