@@ -28,11 +28,13 @@ class StopSignals:
     """``with StopSignals() as stop: ... stop.wait()`` returns once a stop signal came.
 
     Install it before announcing readiness so that an early signal still stops cleanly;
-    the previous handlers and wakeup fd are restored on exit.
+    the previous handlers and wakeup fd are restored on exit. ``received`` counts the
+    signals, so that a second one can cut a drain short (``wait(count=2)``).
     """
 
     def __init__(self, on_signal: Callable[[str], None] | None = None) -> None:
         self.event = threading.Event()
+        self.received = 0
         self._on_signal = on_signal
         self._previous: dict[int, Any] = {}
         self._previous_fd = -1
@@ -41,6 +43,7 @@ class StopSignals:
             sock.setblocking(False)
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.received += 1  # handlers run one at a time, in the main thread
         if self._on_signal is not None:
             self._on_signal(signal.Signals(signum).name)
         self.event.set()
@@ -50,11 +53,11 @@ class StopSignals:
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno())
         return self
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until a stop signal arrives (or :meth:`set` is called), or ``timeout``
-        seconds pass; True once stopping."""
+    def wait(self, timeout: float | None = None, *, count: int = 1) -> bool:
+        """Block until ``count`` stop signals in all have arrived (or :meth:`set` was
+        called), or ``timeout`` seconds pass; True once that many came."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.event.is_set():
+        while not self._reached(count):
             remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if remaining <= 0:
                 break
@@ -62,9 +65,14 @@ class StopSignals:
             select.select([self._reader], [], [], remaining)
             with contextlib.suppress(BlockingIOError):
                 self._reader.recv(256)
-        return self.event.is_set()
+        return self._reached(count)
+
+    def _reached(self, count: int) -> bool:
+        return self.event.is_set() and (count <= 1 or self.received >= count)
 
     def set(self) -> None:
+        """Stop as if a signal came (counted as one, for ``count``)."""
+        self.received += 1
         self.event.set()
         with contextlib.suppress(OSError):
             self._writer.send(b"\0")

@@ -44,7 +44,10 @@ class Settings:
     rescan_interval: float = 1.0
     threads: int = 16
     log_level: str = "INFO"
-    grace: float = 5.0
+    grace: float = 5.0  # seconds the calls in flight get to finish once the server stops
+    # Seconds between a stop signal and the server's stop, answering all along with health
+    # NOT_SERVING, so that health-checking clients (Envoy, Kubernetes) move away first.
+    drain_delay: float = 5.0
     cache_size: int = DEFAULT_MAX_ENTRIES
     workers: int = 1
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
@@ -139,7 +142,12 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
 def _serving_once_loaded(store: KeyStore, server: GateServer, stopping: threading.Event) -> None:
     while not stopping.is_set():
         if store.loaded.wait(0.05):
-            if not stopping.is_set():
-                server.set_serving(True)
+            if stopping.is_set():
+                return
+            if server.set_serving(True):
                 log.info("keys loaded; health SERVING", extra={"event": "ready"})
+            else:
+                log.info(
+                    "keys loaded; health stays NOT_SERVING: draining", extra={"event": "ready"}
+                )
             return

@@ -23,6 +23,7 @@ from .app import DEFAULT_LISTEN, ListenError, Settings, running_gate
 from .cache import DEFAULT_MAX_ENTRIES
 from .logging_setup import LOG_FORMATS, configure_logging
 from .options import env_value, flag, host_port, non_negative_int, positive_int, route, seconds
+from .service import GateServer
 
 __all__ = ["Settings", "main", "serve"]
 
@@ -75,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="1",
         type=seconds,
         help="full rescan of the keys directory at least this often, seconds",
+    )
+    option(
+        "--grace",
+        default="5",
+        type=seconds,
+        help="once stopping, seconds the calls in flight get to finish",
+    )
+    option(
+        "--drain-delay",
+        default="5",
+        type=seconds,
+        help=(
+            "after SIGTERM/SIGINT, seconds of answering with health NOT_SERVING before the "
+            "stop, so health-checking clients move away (a second signal stops at once)"
+        ),
     )
     option("--threads", default="16", type=positive_int, help="gRPC worker threads")
     option(
@@ -196,15 +212,37 @@ def serve(settings: Settings) -> int:
 
 
 def _serve_one(settings: Settings) -> int:
-    with StopSignals(lambda name: log.info("received %s; draining", name)) as stop:
+    with StopSignals(_log_signal) as stop:
         try:
-            with running_gate(settings):
+            with running_gate(settings) as server:
                 stop.wait()
+                _drain(server, settings.drain_delay, stop)
         except ListenError as exc:
             print(f"authz-server: error: {exc}", file=sys.stderr)
             return 2
     log.info("stopped")
     return 0
+
+
+def _log_signal(name: str) -> None:
+    log.info("received %s; draining", name, extra={"event": "signal", "signal": name})
+
+
+def _drain(server: GateServer, delay: float, stop: StopSignals) -> None:
+    """Health NOT_SERVING at once, then keep answering for ``delay`` seconds (a second
+    signal cuts it short): long enough for Envoy's active health checks (and Kubernetes
+    endpoints) to send every new call elsewhere, so that the stop finds none arriving."""
+    if delay <= 0 or stop.wait(0, count=2):
+        return
+    server.begin_drain()
+    log.info(
+        "health NOT_SERVING; still answering for %gs while clients move away "
+        "(signal again to stop now)",
+        delay,
+        extra={"event": "draining", "drain_delay": delay},
+    )
+    if stop.wait(delay, count=2):
+        log.info("stopping now", extra={"event": "drain_cut_short"})
 
 
 def _serve_command(args: argparse.Namespace) -> int:
@@ -236,6 +274,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         forward_jwt=args.forward_jwt,
         rescan_interval=args.rescan_interval,
         threads=args.threads,
+        grace=args.grace,
+        drain_delay=args.drain_delay,
         log_level=args.log_level,
         cache_size=args.cache_size,
         workers=args.workers,

@@ -8,6 +8,8 @@ without a fresh JWT), checks both itself, and stops everything on Ctrl-C.
 Ports: ``DEMO_GATE_PORT`` (10000), ``DEMO_AUTHZ_PORT`` (9001), ``DEMO_NODE_PORT`` (8545),
 ``DEMO_ADMIN_PORT`` (9901), each may be 0 for a free one; state directory ``DEMO_DIR``
 (``.demo``). The authz service runs in this process, exactly as ``authz-server serve``.
+Envoy runs the checked-in ``envoy/local.yaml`` at the default ports, and the same config
+rendered for the ports given otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from cryptography.hazmat.primitives import serialization
 
 from ._signals import StopSignals
@@ -32,7 +36,9 @@ from .demo_upstream import JsonRpcNode
 from .envoy_process import EnvoyProcess
 from .tokens import PrivateKey, generate_private_key, mint, public_pem
 
-__all__ = ["DEMO_PROJECT", "DemoKey", "ensure_demo_key", "main"]
+__all__ = ["DEMO_PROJECT", "DemoKey", "ensure_demo_key", "envoy_config", "main"]
+
+log = logging.getLogger("authz_server.demo")
 
 DEMO_PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 TOKEN_LIFETIME_S = 3600
@@ -102,8 +108,21 @@ def _curl(url: str, token: str | None) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def envoy_config(gate: int, authz: int, node: int, admin: int) -> tuple[dict[str, Any], str]:
+    """Envoy's config for these ports, and where it comes from: the checked-in
+    ``envoy/local.yaml`` at the default ports (when this runs from a checkout), else the
+    same rendering with the ports given."""
+    from .envoy_config import LOCAL_CONFIG, LOCAL_PORTS, local_settings, render  # slow import
+
+    checked_in = Path(__file__).resolve().parent.parent / LOCAL_CONFIG
+    if (gate, authz, node, admin) == tuple(LOCAL_PORTS.values()) and checked_in.is_file():
+        loaded: dict[str, Any] = yaml.safe_load(checked_in.read_text(encoding="utf-8"))
+        return loaded, LOCAL_CONFIG
+    rendered = render(**local_settings(gate, authz, node, admin))
+    return rendered, f"{LOCAL_CONFIG} rendered for the ports chosen"
+
+
 def main() -> int:
-    from .envoy_config import Endpoint, render  # slow import; only the demo needs it here
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -128,12 +147,8 @@ def main() -> int:
             )
         except ListenError as exc:
             raise SystemExit(f"{exc}; set DEMO_AUTHZ_PORT") from None
-        config = render(
-            listen=Endpoint("127.0.0.1", gate_port),
-            authz=Endpoint("127.0.0.1", gate.port),
-            upstream=Endpoint("127.0.0.1", node.port),
-            admin=Endpoint("127.0.0.1", admin_port),
-        )
+        config, source = envoy_config(gate_port, gate.port, node.port, admin_port)
+        log.info("starting Envoy with %s", source)
         envoy = running.enter_context(EnvoyProcess(config))
         url = f"http://127.0.0.1:{envoy.port}/eth/{DEMO_PROJECT}"
 

@@ -58,6 +58,8 @@ with warnings.catch_warnings():
         DataSource,
         GrpcService,
         GrpcServiceEnvoyGrpc,
+        HealthCheck,
+        HealthCheckGrpcHealthCheck,
         Http1ProtocolOptions,
         Http2ProtocolOptions,
         SocketAddress,
@@ -99,8 +101,11 @@ with warnings.catch_warnings():
     from envoy_data_plane.google.protobuf import Any as AnyMessage
 
 __all__ = [
+    "LOCAL_CONFIG",
+    "LOCAL_PORTS",
     "Endpoint",
     "ProjectRoute",
+    "local_settings",
     "main",
     "render",
     "render_yaml",
@@ -108,6 +113,17 @@ __all__ = [
 ]
 
 AUTHZ_CLUSTER: Final = "authz"
+# The service's own name in grpc.health.v1 (authz_server.service.SERVICE_NAME; a test keeps
+# them equal without importing gRPC here).
+AUTHZ_HEALTH_SERVICE: Final = "envoy.service.auth.v3.Authorization"
+# Active health checks of the authz cluster: a stopping server answers NOT_SERVING at once
+# and keeps answering for its --drain-delay (5 s); Envoy needs UNHEALTHY_THRESHOLD checks
+# INTERVAL apart to stop sending to it, so about 2 s: well inside the drain.
+HEALTH_INTERVAL_S: Final = 1.0
+HEALTH_TIMEOUT_S: Final = 1.0
+HEALTH_UNHEALTHY_THRESHOLD: Final = 2
+# Before the cluster has seen any call (a fresh start, no traffic yet).
+HEALTH_NO_TRAFFIC_INTERVAL_S: Final = 5.0
 UPSTREAM_CLUSTER: Final = "upstream"
 EXT_AUTHZ_FILTER: Final = "envoy.filters.http.ext_authz"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
@@ -174,7 +190,13 @@ def render(
         static_resources=BootstrapStaticResources(
             listeners=[_listener(listen, project_routes, authz_timeout_s)],
             clusters=[
-                _cluster(AUTHZ_CLUSTER, authz, http2=True, connect_timeout_s=1.0),
+                _cluster(
+                    AUTHZ_CLUSTER,
+                    authz,
+                    http2=True,
+                    connect_timeout_s=1.0,
+                    health_check=_authz_health_check(),
+                ),
                 _cluster(UPSTREAM_CLUSTER, upstream, http2=False, connect_timeout_s=5.0),
             ],
         ),
@@ -205,9 +227,31 @@ def render_yaml(
     return _HEADER + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1000)
 
 
+# ``make run``: everything on loopback, at these ports unless DEMO_*_PORT says otherwise.
+LOCAL_CONFIG: Final = "envoy/local.yaml"
+LOCAL_PORTS: Final = {"gate": 10000, "authz": 9001, "node": 8545, "admin": 9901}
+
+
+def local_settings(
+    gate: int = LOCAL_PORTS["gate"],
+    authz: int = LOCAL_PORTS["authz"],
+    node: int = LOCAL_PORTS["node"],
+    admin: int = LOCAL_PORTS["admin"],
+) -> dict[str, Any]:
+    """The ``render`` arguments of ``make run``'s Envoy: all on 127.0.0.1."""
+    return {
+        "listen": Endpoint("127.0.0.1", gate),
+        "authz": Endpoint("127.0.0.1", authz),
+        "upstream": Endpoint("127.0.0.1", node),
+        "admin": Endpoint("127.0.0.1", admin),
+    }
+
+
 def rendered_files() -> dict[str, str]:
     """The checked-in renderings, by path relative to the repository root."""
     return {
+        # What `make run` starts Envoy with (at the default ports).
+        LOCAL_CONFIG: render_yaml(**local_settings()),
         "envoy/envoy.yaml": render_yaml(
             listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the container's front door
             authz=Endpoint("authz", 9001),
@@ -374,12 +418,26 @@ def _authz_unavailable_reply() -> LocalReplyConfig:
     )
 
 
+def _authz_health_check() -> HealthCheck:
+    """grpc.health.v1 on each authz endpoint: one NOT_SERVING (or unanswered) check does
+    not eject it, two in a row do; one SERVING brings it back."""
+    return HealthCheck(
+        timeout=datetime.timedelta(seconds=HEALTH_TIMEOUT_S),
+        interval=datetime.timedelta(seconds=HEALTH_INTERVAL_S),
+        no_traffic_interval=datetime.timedelta(seconds=HEALTH_NO_TRAFFIC_INTERVAL_S),
+        unhealthy_threshold=HEALTH_UNHEALTHY_THRESHOLD,
+        healthy_threshold=1,
+        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
+    )
+
+
 def _cluster(
     name: str,
     endpoints: Endpoint | Sequence[Endpoint],
     *,
     http2: bool,
     connect_timeout_s: float,
+    health_check: HealthCheck | None = None,
 ) -> Cluster:
     endpoints = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
     if not endpoints:
@@ -408,6 +466,10 @@ def _cluster(
             _PROTOCOL_OPTIONS: _pack(HttpProtocolOptions(explicit_http_config=explicit))
         },
     )
+    if health_check is not None:
+        # With every endpoint unhealthy Envoy still sends to them all (panic mode): a lone
+        # draining server keeps answering, a dead one fails closed (403, the JSON body).
+        cluster.health_checks = [health_check]
     if len(endpoints) > 1:
         # Calls differ in cost (a cache hit or an RSA verification): send each to the
         # endpoint with the fewest in flight rather than strictly in turn.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -245,6 +246,8 @@ class GateServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         self.listen = listen
+        self._health_lock = threading.Lock()
+        self._draining = False
 
     @property
     def address(self) -> str:
@@ -258,18 +261,31 @@ class GateServer:
         self.set_serving(serving)
         self._server.start()
 
-    def set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool) -> bool:
+        """Health SERVING or NOT_SERVING; once draining, only NOT_SERVING (False when
+        SERVING was refused for that reason)."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
+        with self._health_lock:
+            if serving and self._draining:
+                return False  # e.g. the first key load completing after a stop signal
+            for name in ("", SERVICE_NAME):
+                self.health.set(name, status)
+        return True
+
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING for good, while Check keeps answering: health-checking
+        clients (Envoy, Kubernetes) move their calls elsewhere before :meth:`stop`."""
+        with self._health_lock:
+            self._draining = True
+        self.set_serving(False)
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop taking calls, let the ones in flight finish within ``grace``."""
-        self.set_serving(False)
+        self.begin_drain()
         self._server.stop(grace).wait()
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -90,7 +90,8 @@ def supervise(settings: Settings, run_worker: Callable[[Settings], int]) -> int:
                     stop.set()
                     break
                 spawn(number)
-    _stop_all(children, settings.grace)
+        # Each worker drains (health NOT_SERVING, still answering), then stops with its grace.
+        _stop_all(children, settings.drain_delay + settings.grace + 5.0, stop)
     return status
 
 
@@ -106,15 +107,21 @@ def _reap() -> list[tuple[int, int | None]]:
         reaped.append((pid, os.waitstatus_to_exitcode(wait_status)))
 
 
-def _stop_all(children: dict[int, int], grace: float) -> None:
+def _stop_all(children: dict[int, int], patience: float, stop: StopSignals) -> None:
+    """SIGTERM every worker and wait up to ``patience`` seconds for them; a further stop
+    signal to the supervisor is passed on (it cuts the workers' drain short)."""
     for pid in children:
         _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace + 5.0
+    relayed = max(stop.received, 1)
+    deadline = time.monotonic() + patience
     while children and time.monotonic() < deadline:
         for pid, _code in _reap():
             children.pop(pid, None)
-        if children:
-            time.sleep(0.05)  # bounded by the deadline; children are draining
+        if children and stop.wait(0.05, count=relayed + 1):
+            relayed = stop.received
+            log.info("passing the signal on: workers stop now")
+            for pid in children:
+                _signal(pid, signal.SIGTERM)
     for pid in children:
         _signal(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

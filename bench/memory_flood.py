@@ -118,6 +118,7 @@ class Server:
     def __init__(self, keys_dir: Path, extra: list[str]) -> None:
         binary = Path(sys.executable).parent / "authz-server"
         command = [str(binary), "serve", "--keys-dir", str(keys_dir), "--listen", "127.0.0.1:0"]
+        command += ["--drain-delay", "0"]  # nothing health-checks it: stop at once
         self.process = subprocess.Popen(
             [*command, *extra],
             stdin=subprocess.DEVNULL,

@@ -163,6 +163,8 @@ def start_authz(
         command += ["--workers", str(workers)]
     if cache_size is not None and "--cache-size" in options:
         command += ["--cache-size", str(cache_size)]
+    if "--drain-delay" in options:
+        command += ["--drain-delay", "0"]  # nothing health-checks a bench server
     return ServerProcess(name, command, processes=workers, timeout=timeout).start()
 
 

@@ -41,6 +41,9 @@ class AuthzProcess:
             str(keys_dir),
             "--listen",
             "127.0.0.1:0",
+            # Tests stop servers all the time; the ones about draining pass their own.
+            "--drain-delay",
+            "0",
             *args,
         ]
         self.env = {**os.environ, **(env or {})}

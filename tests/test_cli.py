@@ -49,6 +49,9 @@ def test_a_keys_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
         (["--listen", "nowhere"], "expected HOST:PORT"),
         (["--listen", "127.0.0.1:99999"], "expected HOST:PORT"),
         (["--forward-jwt", "maybe"], "not a boolean"),
+        (["--drain-delay", "-5"], "must be a finite number >= 0"),
+        (["--drain-delay", "inf"], "must be a finite number >= 0"),
+        (["--grace", "later"], "not a number of seconds"),
         (["--no-such-option"], "unrecognized arguments"),
     ],
 )
@@ -85,7 +88,7 @@ def test_options_come_from_the_environment(tmp_path: Path, ec_key: PrivateKey) -
     (tmp_path / "p" / "k.pem").write_bytes(public_pem(ec_key))
     process = AuthzProcess(
         tmp_path / "ignored-by-cli-flag",
-        env={"AUTHZ_LEEWAY": "5", "AUTHZ_FORWARD_JWT": "true"},
+        env={"AUTHZ_LEEWAY": "5", "AUTHZ_FORWARD_JWT": "true", "AUTHZ_DRAIN_DELAY": "0"},
     )
     process.command = [authz_server_binary(), "serve"]
     process.env.update({"AUTHZ_KEYS_DIR": str(tmp_path), "AUTHZ_LISTEN": "127.0.0.1:0"})

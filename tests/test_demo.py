@@ -13,7 +13,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from authz_server.demo import DEMO_PROJECT
+import yaml
+
+from authz_server.demo import DEMO_PROJECT, envoy_config
+from authz_server.envoy_config import LOCAL_CONFIG, LOCAL_PORTS, local_settings, render
 
 
 def _replay(curl: str) -> tuple[int, dict[str, object]]:
@@ -85,3 +88,25 @@ def test_make_run_prints_curl_commands_that_work_and_stops_on_ctrl_c(tmp_path: P
     private = tmp_path / "demo" / "customer" / "private.pem"
     assert private.stat().st_mode & 0o777 == 0o600
     assert list((tmp_path / "demo" / "keys" / DEMO_PROJECT).glob("*.pem"))
+
+
+def test_make_run_starts_envoy_with_the_checked_in_local_yaml_at_the_default_ports() -> None:
+    gate, authz, node, admin = LOCAL_PORTS.values()
+    config, source = envoy_config(gate, authz, node, admin)
+    assert source == LOCAL_CONFIG
+    checked_in = Path(__file__).resolve().parent.parent / LOCAL_CONFIG
+    assert config == yaml.safe_load(checked_in.read_text(encoding="utf-8"))
+    assert config == render(**local_settings())  # and that file is current
+
+
+def test_make_run_renders_the_same_config_for_other_ports() -> None:
+    config, source = envoy_config(0, 9101, 8645, 0)
+    assert source != LOCAL_CONFIG
+    assert config == render(**local_settings(0, 9101, 8645, 0))
+    ports = {
+        cluster["name"]: cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+            "address"
+        ]["socket_address"]["port_value"]
+        for cluster in config["static_resources"]["clusters"]
+    }
+    assert ports == {"authz": 9101, "upstream": 8645}

@@ -394,6 +394,24 @@ def test_compose_file_follows_the_compose_specification() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _compose_default(value: str) -> float:
+    """``${NAME:-default}`` -> default."""
+    match = re.fullmatch(r"\$\{\w+:-([^}]*)\}", value)
+    assert match, value
+    return float(match.group(1))
+
+
+def test_compose_stop_waits_for_the_drain_and_the_grace() -> None:
+    authz = service("authz")
+    drain = _compose_default(authz["environment"]["AUTHZ_DRAIN_DELAY"])
+    grace = _compose_default(authz["environment"]["AUTHZ_GRACE"])
+    assert drain > 0
+    period = re.fullmatch(r"(\d+)s", authz["stop_grace_period"])
+    assert period, authz["stop_grace_period"]
+    # compose's default (10 s) would SIGKILL a server still in its drain and grace.
+    assert int(period.group(1)) > drain + grace
+
+
 def test_compose_runs_envoy_the_authorizer_and_a_demo_node() -> None:
     assert set(compose()["services"]) == {"envoy", "authz", "node"}
     assert compose_command("node")[:3] == ["python", "-m", "authz_server.demo_upstream"]
@@ -548,6 +566,14 @@ def test_the_deployment_is_replicated_probed_over_grpc_and_locked_down() -> None
     for kind in ("requests", "limits"):
         assert set(container["resources"][kind]) >= {"cpu", "memory"}
     assert pod["automountServiceAccountToken"] is False
+
+
+def test_kubernetes_waits_for_the_drain_and_the_grace_before_killing() -> None:
+    pod = kubernetes_object("Deployment")["spec"]["template"]["spec"]
+    env = {item["name"]: item["value"] for item in authz_container()["env"]}
+    drain, grace = float(env["AUTHZ_DRAIN_DELAY"]), float(env["AUTHZ_GRACE"])
+    assert drain > 0  # endpoints and Envoy's health checks move calls away first
+    assert pod["terminationGracePeriodSeconds"] > drain + grace
 
 
 def test_each_project_is_a_configmap_volume_mounted_at_its_own_keys_subdirectory() -> None:

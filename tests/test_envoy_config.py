@@ -15,8 +15,15 @@ import pytest
 import yaml
 from authz_process import AuthzProcess
 
+from authz_server import cli
+from authz_server.app import Settings
 from authz_server.demo_upstream import JsonRpcNode
 from authz_server.envoy_config import (
+    HEALTH_INTERVAL_S,
+    HEALTH_TIMEOUT_S,
+    HEALTH_UNHEALTHY_THRESHOLD,
+    LOCAL_CONFIG,
+    LOCAL_PORTS,
     Endpoint,
     ProjectRoute,
     main,
@@ -25,6 +32,7 @@ from authz_server.envoy_config import (
     rendered_files,
 )
 from authz_server.envoy_process import EnvoyProcess, validate
+from authz_server.service import SERVICE_NAME
 from authz_server.tokens import PrivateKey, mint, public_pem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +193,29 @@ def test_the_authz_cluster_speaks_http2_and_the_upstream_http1() -> None:
     assert found["authz"]["connect_timeout"] == "1s"
 
 
+def test_the_authz_cluster_is_health_checked_over_grpc_health_and_the_upstream_is_not() -> None:
+    found = clusters(rendering(authz=[Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.1", 9002)]))
+    (check,) = found["authz"]["health_checks"]
+    # The name the service registers in grpc.health.v1: a rename on either side fails here.
+    assert check["grpc_health_check"] == {"service_name": SERVICE_NAME}
+    assert check["interval"] == "1s"
+    assert check["timeout"] == "1s"
+    assert check["unhealthy_threshold"] == 2
+    assert check["healthy_threshold"] == 1
+    assert "health_checks" not in found["upstream"]
+
+
+def test_envoy_stops_sending_to_a_draining_server_well_inside_its_drain() -> None:
+    """The longest Envoy takes to eject a server that answers NOT_SERVING (its checks are
+    ``interval`` apart, each may take ``timeout``) is shorter than the default drain, so
+    calls leave a stopping server while it still answers them."""
+    settings = Settings(keys_dir=Path("."))
+    ejection_s = HEALTH_UNHEALTHY_THRESHOLD * (HEALTH_INTERVAL_S + HEALTH_TIMEOUT_S)
+    assert ejection_s < settings.drain_delay
+    serve = cli.build_parser().parse_args(["serve", "--keys-dir", "."])
+    assert serve.drain_delay == settings.drain_delay
+
+
 def test_the_admin_interface_is_there_only_when_asked_for() -> None:
     assert "admin" not in rendering()
     with_admin = rendering(admin=Endpoint("127.0.0.1", 9901))
@@ -259,6 +290,21 @@ def test_the_checked_in_config_is_the_compose_topology() -> None:
         "port_value": 8545,
     }
     assert [r["match"] for r in routes(config)] == [{"prefix": "/"}]
+
+
+def test_make_runs_config_is_all_on_loopback_at_the_demo_ports() -> None:
+    config = yaml.safe_load(rendered_files()[LOCAL_CONFIG])
+    (listener,) = config["static_resources"]["listeners"]
+    sockets = {
+        "gate": listener["address"]["socket_address"],
+        "admin": config["admin"]["address"]["socket_address"],
+    }
+    for role, name in (("authz", "authz"), ("node", "upstream")):
+        endpoint = clusters(config)[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        sockets[role] = endpoint["endpoint"]["address"]["socket_address"]
+    assert sockets == {
+        role: {"address": "127.0.0.1", "port_value": port} for role, port in LOCAL_PORTS.items()
+    }
 
 
 def _typed_configs(value: Any) -> Iterator[dict[str, Any]]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import logging
 import re
 import signal
 import threading
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -17,7 +22,11 @@ from support import wait_for
 from test_metrics import KID, PROJECT, check_request
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from authz_server._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz_server.app import Settings, running_gate
+from authz_server.demo_upstream import JsonRpcNode
+from authz_server.envoy_config import AUTHZ_CLUSTER, Endpoint, render
+from authz_server.envoy_process import EnvoyProcess
 from authz_server.service import SERVICE_NAME
 from authz_server.tokens import PrivateKey, mint, public_pem
 
@@ -66,9 +75,9 @@ def test_stop_says_not_serving_first(keys_dir: Path) -> None:
     with running_gate(settings) as server:
         original = server.set_serving
 
-        def record(serving: bool) -> None:
+        def record(serving: bool) -> bool:
             seen.append(serving)
-            original(serving)
+            return original(serving)
 
         server.set_serving = record  # type: ignore[method-assign]
     assert seen == [False]
@@ -87,64 +96,221 @@ def test_reflection_lists_the_services(keys_dir: Path) -> None:
         assert reply.file_descriptor_response.file_descriptor_proto
 
 
-def test_sigterm_under_load_drains_and_exits_zero(keys_dir: Path, ec_key: PrivateKey) -> None:
-    token = mint(ec_key, KID, {"exp": time.time() + 600})
-    request = check_request(PROJECT, token)
-    stop_clients = threading.Event()
-    lock = threading.Lock()
-    ok: list[float] = []  # monotonic times of successful calls
-    failures: list[tuple[grpc.StatusCode, str, float]] = []
-    wrong: list[int] = []
+class CheckLoad:
+    """Client threads calling Check with a valid token, each over its own channel, until
+    stopped; every outcome is recorded with its time."""
 
-    with AuthzProcess(keys_dir) as process:
-        address = process.address
+    def __init__(self, address: str, request: CheckRequest, clients: int = 8) -> None:
+        self.address = address
+        self.request = request
+        self.ok: list[float] = []  # monotonic times of successful calls
+        self.failures: list[tuple[grpc.StatusCode, str, float]] = []
+        self.wrong: list[int] = []  # calls answered with anything but OK
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
-        def client() -> None:
-            with grpc.insecure_channel(address) as channel:
-                stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-                while not stop_clients.is_set():
-                    try:
-                        reply = stub.Check(request, timeout=10)
-                    except grpc.RpcError as exc:
-                        with lock:
-                            failures.append((exc.code(), str(exc.details()), time.monotonic()))
-                        time.sleep(0.01)
-                        continue
-                    with lock:
-                        if reply.status.code == 0:
-                            ok.append(time.monotonic())
-                        else:
-                            wrong.append(reply.status.code)
+    def _run(self) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            while not self._stop.is_set():
+                try:
+                    reply = stub.Check(self.request, timeout=10)
+                except grpc.RpcError as exc:
+                    with self._lock:
+                        self.failures.append((exc.code(), str(exc.details()), time.monotonic()))
+                    continue
+                with self._lock:
+                    if reply.status.code == 0:
+                        self.ok.append(time.monotonic())
+                    else:
+                        self.wrong.append(reply.status.code)
 
-        threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
-        for thread in threads:
+    def ok_since(self, moment: float) -> int:
+        with self._lock:
+            return sum(1 for at in self.ok if at > moment)
+
+    def __enter__(self) -> CheckLoad:
+        for thread in self._threads:
             thread.start()
-        wait_for(lambda: len(ok) >= 300, timeout=30)
-        assert not failures
-        signalled = time.monotonic()
-        process.signal(signal.SIGTERM)
-        assert process.process is not None
-        exit_status = process.process.wait(timeout=20)
-        time.sleep(0.3)  # the clients meet the closed port too
-        stop_clients.set()
-        for thread in threads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
             thread.join(timeout=15)
+
+
+def test_sigterm_under_load_fails_no_call_and_exits_zero(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    """SIGTERM mid-load: health goes NOT_SERVING at once, every call keeps being answered
+    through the drain, and a client that follows health (as Envoy and Kubernetes do)
+    leaves before the server stops. Not one call fails."""
+    token = mint(ec_key, KID, {"exp": time.time() + 600})
+    with AuthzProcess(keys_dir, "--drain-delay", "5") as process:
+        with CheckLoad(process.address, check_request(PROJECT, token)) as load:
+            wait_for(lambda: len(load.ok) >= 300, timeout=30)
+            process.signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            wait_for(lambda: health_status(process.address) == NOT_SERVING, timeout=5)
+            not_serving_seen = time.monotonic()
+            # Still answering while NOT_SERVING: the drain, not a refusal.
+            wait_for(lambda: load.ok_since(not_serving_seen) >= 100, timeout=4)
+        assert process.process is not None
+        exit_status = process.process.wait(timeout=30)
+        stopped = time.monotonic()
     assert exit_status == 0, process.log
+    assert load.failures == []
+    assert load.wrong == []
     assert "received SIGTERM; draining" in process.log
-    assert not wrong  # every answered call got the right answer
-    assert failures  # the clients kept calling after the shutdown began
-    assert all(at >= signalled for _code, _details, at in failures)
+    assert "health NOT_SERVING; still answering for 5s" in process.log
+    assert stopped - signalled >= 5  # it kept answering for the whole drain
     # Every call the service took (each one counted, then logged at exit) reached its
-    # client as a success: none that was accepted failed in the drain.
+    # client as a success.
     match = re.search(r"drained; (\d+) check\(s\) answered", process.log)
     assert match, process.log
-    assert int(match.group(1)) == len(ok)
-    # The rest were refused: UNAVAILABLE (GOAWAY, then the closed port), or CANCELLED for
-    # the few calls gRPC core had received but not yet handed to the server when the
-    # shutdown began (grpc-python kills those pending calls; they never ran).
-    assert {code for code, _details, _at in failures} <= {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.CANCELLED,
-    }, failures
-    cancelled = [at for code, _details, at in failures if code is grpc.StatusCode.CANCELLED]
-    assert len(cancelled) <= 8  # at most one pending call per client
+    assert int(match.group(1)) == len(load.ok)
+
+
+def test_a_second_signal_cuts_the_drain_short(keys_dir: Path, ec_key: PrivateKey) -> None:
+    token = mint(ec_key, KID, {"exp": time.time() + 600})
+    request = check_request(PROJECT, token)
+    with AuthzProcess(keys_dir, "--drain-delay", "120") as process:
+        process.signal(signal.SIGTERM)
+        wait_for(lambda: "still answering for 120s" in process.log, timeout=10)
+        assert health_status(process.address) == NOT_SERVING
+        with grpc.insecure_channel(process.address) as channel:
+            reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, timeout=5)
+        assert reply.status.code == 0  # draining: NOT_SERVING, yet answering
+        process.signal(signal.SIGINT)
+        assert process.process is not None
+        assert process.process.wait(timeout=30) == 0  # not 120 s later
+    assert "received SIGINT; draining" in process.log
+    assert "stopping now" in process.log
+    assert "stopped" in process.log
+
+
+def test_no_drain_with_drain_delay_0(keys_dir: Path) -> None:
+    with AuthzProcess(keys_dir, "--drain-delay", "0") as process:
+        process.signal(signal.SIGTERM)
+        assert process.process is not None
+        assert process.process.wait(timeout=20) == 0
+    assert "still answering" not in process.log
+    assert "drained; 0 check(s) answered" in process.log
+
+
+def test_a_first_key_load_during_the_drain_leaves_health_not_serving(
+    tmp_path: Path, ec_key: PrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys_dir = tmp_path / "keys"  # not there yet: no key load can complete
+    settings = Settings(keys_dir=keys_dir, listen="127.0.0.1:0", rescan_interval=0.05, grace=1)
+    caplog.set_level(logging.INFO, logger="authz_server")
+    with running_gate(settings) as server:
+        server.begin_drain()
+        (keys_dir / PROJECT).mkdir(parents=True)
+        (keys_dir / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
+        wait_for(lambda: "keys loaded" in caplog.text, timeout=10, interval=0.05)
+        assert "health stays NOT_SERVING: draining" in caplog.text
+        assert health_status(server.address) == NOT_SERVING
+        assert health_status(server.address, SERVICE_NAME) == NOT_SERVING
+
+
+class GateLoad:
+    """HTTP clients posting to Envoy with a valid token, each on its own keep-alive
+    connection, until stopped; every status (or connection error) recorded with its time."""
+
+    def __init__(self, port: int, path: str, token: str, clients: int = 4) -> None:
+        self.port, self.path = port, path
+        self.headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+        self.results: list[tuple[int, float]] = []  # (status, monotonic time); 0: no reply
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self._stop.is_set():
+            try:
+                connection.request("POST", self.path, body=body, headers=self.headers)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                status = 0
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            with self._lock:
+                self.results.append((status, time.monotonic()))
+        connection.close()
+
+    def ok_since(self, moment: float) -> int:
+        with self._lock:
+            return sum(1 for status, at in self.results if status == 200 and at > moment)
+
+    def __enter__(self) -> GateLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+
+def authz_host_health(envoy: EnvoyProcess) -> dict[int, str]:
+    """Envoy's view of each authz endpoint: port -> health flags ("healthy", ...)."""
+    with urllib.request.urlopen(f"{envoy.admin_url}/clusters", timeout=5) as response:
+        text = response.read().decode()
+    flags: dict[int, str] = {}
+    for line in text.splitlines():
+        cluster, _, rest = line.partition("::")
+        address, _, stat = rest.partition("::")
+        if cluster == AUTHZ_CLUSTER and stat.startswith("health_flags::"):
+            flags[int(address.rpartition(":")[2])] = stat.removeprefix("health_flags::")
+    return flags
+
+
+def test_stopping_one_of_two_replicas_under_load_through_envoy_fails_no_request(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    """The rolling restart operators do: two replicas behind Envoy's health-checked authz
+    cluster, one gets SIGTERM under load. Envoy's health checks see it NOT_SERVING and
+    move every call to the other before it stops: every request gets its 200."""
+    token = mint(ec_key, KID, {"exp": time.time() + 600})
+    with (
+        JsonRpcNode() as node,
+        AuthzProcess(keys_dir, "--drain-delay", "5") as leaving,
+        AuthzProcess(keys_dir) as staying,
+        EnvoyProcess(
+            render(
+                listen=Endpoint("127.0.0.1", 0),
+                authz=[Endpoint("127.0.0.1", leaving.port), Endpoint("127.0.0.1", staying.port)],
+                upstream=Endpoint("127.0.0.1", node.port),
+                admin=Endpoint("127.0.0.1", 0),
+            )
+        ) as envoy,
+    ):
+        both = {leaving.port: "healthy", staying.port: "healthy"}
+        wait_for(lambda: authz_host_health(envoy) == both, timeout=15, interval=0.05)
+        with GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load:
+            wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
+            leaving.signal(signal.SIGTERM)
+            wait_for(
+                lambda: authz_host_health(envoy)[leaving.port] != "healthy",
+                timeout=5,
+                interval=0.05,
+            )
+            assert leaving.process is not None
+            assert leaving.process.wait(timeout=30) == 0, leaving.log
+            gone = time.monotonic()
+            # The survivor carries on alone.
+            wait_for(lambda: load.ok_since(gone) >= 200, timeout=30)
+    statuses = Counter(status for status, _at in load.results)
+    assert set(statuses) == {200}, statuses
+    assert "health NOT_SERVING; still answering for 5s" in leaving.log
+    answered = re.search(r"drained; (\d+) check\(s\) answered", leaving.log)
+    assert answered, leaving.log
+    assert int(answered.group(1)) > 0  # the leaving replica did take its share first

@@ -30,14 +30,6 @@ def _workers(process: AuthzProcess) -> dict[int, int]:
     return {int(pid): int(port) for pid, port in _SERVING.findall(process.log)}
 
 
-def _healthy(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=5
-        )
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
 def test_each_worker_serves_on_its_own_port_and_sigterm_stops_them_all(tmp_path: Path) -> None:
     with AuthzProcess(tmp_path, "--workers", "2") as process:
         wait_for(lambda: len(_workers(process)) == 2, timeout=20)
@@ -46,6 +38,34 @@ def test_each_worker_serves_on_its_own_port_and_sigterm_stops_them_all(tmp_path:
         assert all(_healthy(port) for port in ports)
         process.signal(signal.SIGTERM)
         assert process.stop() == 0
+    assert process.log.count("authz_server: stopped") == 2
+
+
+def _status(port: int) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    return int(reply.status)
+
+
+def _healthy(port: int) -> bool:
+    return _status(port) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_every_worker_drains_and_a_second_signal_reaches_them_all(tmp_path: Path) -> None:
+    with AuthzProcess(tmp_path, "--workers", "2", "--drain-delay", "120") as process:
+        wait_for(lambda: len(_workers(process)) == 2, timeout=20)
+        ports = set(_workers(process).values())
+        process.signal(signal.SIGTERM)
+        wait_for(lambda: process.log.count("still answering for 120s") == 2, timeout=10)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert all(_status(port) == not_serving for port in ports)  # draining, still there
+        process.signal(signal.SIGTERM)  # the supervisor passes it on: no 120 s wait
+        assert process.process is not None
+        assert process.process.wait(timeout=30) == 0, process.log
+    assert "passing the signal on" in process.log
+    assert process.log.count("authz_server: stopping now") == 2
     assert process.log.count("authz_server: stopped") == 2
 
 
