@@ -20,6 +20,7 @@ import argparse
 import datetime
 import ipaddress
 import json
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -47,10 +48,14 @@ with warnings.catch_warnings():
         BootstrapStaticResources,
     )
     from envoy_data_plane.envoy.config.cluster.v3 import (
+        CircuitBreakers,
+        CircuitBreakersThresholds,
+        CircuitBreakersThresholdsRetryBudget,
         Cluster,
         ClusterDiscoveryType,
         ClusterDnsLookupFamily,
         ClusterLbPolicy,
+        OutlierDetection,
     )
     from envoy_data_plane.envoy.config.core.v3 import (
         Address,
@@ -62,6 +67,8 @@ with warnings.catch_warnings():
         HealthCheckGrpcHealthCheck,
         Http1ProtocolOptions,
         Http2ProtocolOptions,
+        RetryPolicy,
+        RetryPolicyRetryHostPredicate,
         SocketAddress,
         SubstitutionFormatString,
     )
@@ -94,10 +101,14 @@ with warnings.catch_warnings():
         LocalReplyConfig,
         ResponseMapper,
     )
+    from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import (
+        PreviousHostsPredicate,
+    )
     from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
         HttpProtocolOptions,
         HttpProtocolOptionsExplicitHttpConfig,
     )
+    from envoy_data_plane.envoy.type.v3 import Percent
     from envoy_data_plane.google.protobuf import Any as AnyMessage
 
 __all__ = [
@@ -190,20 +201,31 @@ def render(
         static_resources=BootstrapStaticResources(
             listeners=[_listener(listen, project_routes, authz_timeout_s)],
             clusters=[
-                _cluster(
-                    AUTHZ_CLUSTER,
-                    authz,
-                    http2=True,
-                    connect_timeout_s=1.0,
-                    health_check=_authz_health_check(),
-                ),
+                _guarded(_cluster(AUTHZ_CLUSTER, authz, http2=True, connect_timeout_s=1.0)),
                 _cluster(UPSTREAM_CLUSTER, upstream, http2=False, connect_timeout_s=5.0),
             ],
         ),
     )
     if admin is not None:
         bootstrap.admin = Admin(address=_address(admin))
-    return bootstrap.to_dict(casing=betterproto2.Casing.SNAKE)
+    config: dict[str, Any] = _proto_field_names(bootstrap.to_dict(casing=betterproto2.Casing.SNAKE))
+    return config
+
+
+# betterproto2's snake casing splits a digit from the letters after it, so the proto field
+# ``consecutive_5xx`` comes out as ``consecutive_5_xx``, which Envoy refuses.
+_SPLIT_DIGITS = re.compile(r"_(\d+)_xx\b")
+
+
+def _proto_field_names(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            _SPLIT_DIGITS.sub(r"_\1xx", key): _proto_field_names(child)
+            for key, child in value.items()
+        }
+    if isinstance(value, list):
+        return [_proto_field_names(child) for child in value]
+    return value
 
 
 def render_yaml(
@@ -351,6 +373,20 @@ def _ext_authz(timeout_s: float) -> ExtAuthz:
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
             timeout=datetime.timedelta(seconds=timeout_s),
+            # A Check changes nothing, so a call that never got an answer (the endpoint
+            # refused the connection, reset it, or was shutting down) is asked once more,
+            # of another endpoint, within the same timeout.
+            retry_policy=RetryPolicy(
+                num_retries=1,
+                retry_on="connect-failure,refused-stream,reset,unavailable",
+                retry_host_predicate=[
+                    RetryPolicyRetryHostPredicate(
+                        name="envoy.retry_host_predicates.previous_hosts",
+                        typed_config=_pack(PreviousHostsPredicate()),
+                    )
+                ],
+                host_selection_retry_max_attempts=3,
+            ),
         ),
         transport_api_version=ApiVersion.V3,
         # Fail closed: an unreachable authorizer denies with Envoy's default status (403).
@@ -418,17 +454,42 @@ def _authz_unavailable_reply() -> LocalReplyConfig:
     )
 
 
-def _authz_health_check() -> HealthCheck:
-    """grpc.health.v1 on each authz endpoint: one NOT_SERVING (or unanswered) check does
-    not eject it, two in a row do; one SERVING brings it back."""
-    return HealthCheck(
-        timeout=datetime.timedelta(seconds=HEALTH_TIMEOUT_S),
-        interval=datetime.timedelta(seconds=HEALTH_INTERVAL_S),
-        no_traffic_interval=datetime.timedelta(seconds=HEALTH_NO_TRAFFIC_INTERVAL_S),
-        unhealthy_threshold=HEALTH_UNHEALTHY_THRESHOLD,
-        healthy_threshold=1,
-        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
+def _guarded(cluster: Cluster) -> Cluster:
+    """The authz cluster's defences, so that losing one authz endpoint costs no request.
+
+    - Active health checks over grpc.health.v1: a draining server (NOT_SERVING) is left
+      within about 2 s, while it still answers.
+    - Outlier detection: an endpoint whose calls fail 3 times in a row (refused, reset:
+      a crashed process) is ejected at once, without waiting for the health checks.
+    - A retry budget for the Check retries of ``_ext_authz`` (a fifth of the calls in
+      flight, at least 32 at a time), so that a failing endpoint's calls can all move.
+    """
+    cluster.health_checks = [
+        HealthCheck(
+            timeout=datetime.timedelta(seconds=HEALTH_TIMEOUT_S),
+            interval=datetime.timedelta(seconds=HEALTH_INTERVAL_S),
+            no_traffic_interval=datetime.timedelta(seconds=HEALTH_NO_TRAFFIC_INTERVAL_S),
+            unhealthy_threshold=HEALTH_UNHEALTHY_THRESHOLD,
+            healthy_threshold=1,
+            grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
+        )
+    ]
+    cluster.outlier_detection = OutlierDetection(
+        consecutive_5xx=3,
+        interval=datetime.timedelta(seconds=1),
+        base_ejection_time=datetime.timedelta(seconds=5),
+        max_ejection_percent=50,
     )
+    cluster.circuit_breakers = CircuitBreakers(
+        thresholds=[
+            CircuitBreakersThresholds(
+                retry_budget=CircuitBreakersThresholdsRetryBudget(
+                    budget_percent=Percent(value=20.0), min_retry_concurrency=32
+                )
+            )
+        ]
+    )
+    return cluster
 
 
 def _cluster(
@@ -437,7 +498,6 @@ def _cluster(
     *,
     http2: bool,
     connect_timeout_s: float,
-    health_check: HealthCheck | None = None,
 ) -> Cluster:
     endpoints = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
     if not endpoints:
@@ -466,10 +526,6 @@ def _cluster(
             _PROTOCOL_OPTIONS: _pack(HttpProtocolOptions(explicit_http_config=explicit))
         },
     )
-    if health_check is not None:
-        # With every endpoint unhealthy Envoy still sends to them all (panic mode): a lone
-        # draining server keeps answering, a dead one fails closed (403, the JSON body).
-        cluster.health_checks = [health_check]
     if len(endpoints) > 1:
         # Calls differ in cost (a cache hit or an RSA verification): send each to the
         # endpoint with the fewest in flight rather than strictly in turn.

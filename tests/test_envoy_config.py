@@ -138,7 +138,8 @@ def test_ext_authz_fails_closed_over_grpc_v3_with_the_configured_timeout() -> No
     # Proto3 JSON leaves out fields at their default: absent means false.
     assert typed.get("failure_mode_allow", False) is False
     assert typed["transport_api_version"] == "V3"
-    assert typed["grpc_service"] == {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.400s"}
+    assert typed["grpc_service"]["envoy_grpc"] == {"cluster_name": "authz"}
+    assert typed["grpc_service"]["timeout"] == "0.400s"
     assert "status_on_error" not in typed  # Envoy's default: 403
 
 
@@ -203,6 +204,33 @@ def test_the_authz_cluster_is_health_checked_over_grpc_health_and_the_upstream_i
     assert check["unhealthy_threshold"] == 2
     assert check["healthy_threshold"] == 1
     assert "health_checks" not in found["upstream"]
+
+
+def test_a_dead_authz_endpoint_is_ejected_and_its_checks_asked_again_elsewhere() -> None:
+    config = rendering(authz=[Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.1", 9002)])
+    authz = clusters(config)["authz"]
+    # The proto's own field name (betterproto2 would spell it consecutive_5_xx).
+    assert authz["outlier_detection"]["consecutive_5xx"] == 3
+    assert authz["outlier_detection"]["max_ejection_percent"] == 50
+    (threshold,) = authz["circuit_breakers"]["thresholds"]
+    assert threshold["retry_budget"]["min_retry_concurrency"] >= 1
+    (ext_authz,) = [
+        f["typed_config"]
+        for f in connection_manager(config)["http_filters"]
+        if f["name"] == "envoy.filters.http.ext_authz"
+    ]
+    retry = ext_authz["grpc_service"]["retry_policy"]
+    assert retry["num_retries"] == 1
+    # Only failures that got no answer: a denial is an answer and is never retried.
+    assert set(retry["retry_on"].split(",")) == {
+        "connect-failure",
+        "refused-stream",
+        "reset",
+        "unavailable",
+    }
+    (predicate,) = retry["retry_host_predicate"]
+    assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+    assert "outlier_detection" not in clusters(config)["upstream"]
 
 
 def test_envoy_stops_sending_to_a_draining_server_well_inside_its_drain() -> None:

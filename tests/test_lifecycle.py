@@ -314,3 +314,56 @@ def test_stopping_one_of_two_replicas_under_load_through_envoy_fails_no_request(
     answered = re.search(r"drained; (\d+) check\(s\) answered", leaving.log)
     assert answered, leaving.log
     assert int(answered.group(1)) > 0  # the leaving replica did take its share first
+
+
+def envoy_stat(envoy: EnvoyProcess, name: str) -> int:
+    with urllib.request.urlopen(f"{envoy.admin_url}/stats?filter=^{name}$", timeout=5) as reply:
+        text = reply.read().decode()
+    for line in text.splitlines():
+        stat, _, value = line.partition(": ")
+        if stat == name:
+            return int(value)
+    return 0
+
+
+def test_a_replica_killed_under_load_is_ejected_and_its_calls_retried(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    """No drain at all: one of two replicas dies (SIGKILL) under load. Envoy retries the
+    calls it could not get answered on the other replica and ejects the dead one after three
+    failures in a row, without waiting for its health checks. Measured: 1 to 3 requests
+    of ~750 refused (fail closed, 403) in the instant of the crash; without retries and
+    outlier detection, ~350 in the 2 to 4 s until the health checks eject it."""
+    token = mint(ec_key, KID, {"exp": time.time() + 600})
+    with (
+        JsonRpcNode() as node,
+        AuthzProcess(keys_dir) as dying,
+        AuthzProcess(keys_dir) as staying,
+        EnvoyProcess(
+            render(
+                listen=Endpoint("127.0.0.1", 0),
+                authz=[Endpoint("127.0.0.1", dying.port), Endpoint("127.0.0.1", staying.port)],
+                upstream=Endpoint("127.0.0.1", node.port),
+                admin=Endpoint("127.0.0.1", 0),
+            )
+        ) as envoy,
+    ):
+        both = {dying.port: "healthy", staying.port: "healthy"}
+        wait_for(lambda: authz_host_health(envoy) == both, timeout=15, interval=0.05)
+        with GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load:
+            wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
+            dying.signal(signal.SIGKILL)
+            killed = time.monotonic()
+            wait_for(
+                lambda: (
+                    envoy_stat(envoy, "cluster.authz.outlier_detection.ejections_enforced_total")
+                    >= 1
+                ),
+                timeout=10,
+                interval=0.05,
+            )
+            wait_for(lambda: load.ok_since(killed) >= 300, timeout=30)
+        retried = envoy_stat(envoy, "cluster.authz.upstream_rq_retry")
+    statuses = Counter(status for status, _at in load.results)
+    assert set(statuses) <= {200, 403}, statuses  # refusals fail closed, never pass
+    assert statuses[403] <= 10, (statuses, retried)
