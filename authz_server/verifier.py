@@ -216,14 +216,21 @@ def _b64decode(segment: str) -> bytes | None:
         return None
 
 
+# Nesting is bounded before parsing, the same on every Python (whose own limit on the JSON
+# parser's recursion differs between versions): a segment with more than this many '[' and
+# '{' in all (strings included) is malformed. Real headers and claims hold a handful.
+MAX_JSON_BRACKETS: Final = 512
+
+
 def _json_object(raw: bytes | None) -> dict[str, Any] | None:
-    if raw is None:
+    if raw is None or raw.count(b"[") + raw.count(b"{") > MAX_JSON_BRACKETS:
         return None
     try:
         value = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         # ValueError covers bad UTF-8, bad JSON, duplicate names, NaN/Infinity,
-        # 1e400 and integers past Python's digit limit; RecursionError deep nesting.
+        # 1e400 and integers past Python's digit limit. RecursionError: kept as a second
+        # line of defence behind the bracket count.
         return None
     return value if isinstance(value, dict) else None
 

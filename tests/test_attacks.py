@@ -58,7 +58,14 @@ from authz_server.keys import VerifyKey
 from authz_server.keystore import KeyStore, Snapshot
 from authz_server.service import AuthorizationService, GateServer
 from authz_server.tokens import PrivateKey, generate_private_key, public_pem
-from authz_server.verifier import Allowed, Denied, Policy, bearer_token, decide
+from authz_server.verifier import (
+    MAX_JSON_BRACKETS,
+    Allowed,
+    Denied,
+    Policy,
+    bearer_token,
+    decide,
+)
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 OTHER_PROJECT: Final = "9f1c0e6d2b7a4c3e8d5f6a1b0c9d8e7f6a5b4c3d"
@@ -900,6 +907,17 @@ _JSON_CASES: dict[str, tuple[bytes, bytes, str]] = {
         b'{"x":' + b"[" * 2900 + b"]" * 2900 + b"}",
         MALFORMED,
     ),
+    # Past MAX_JSON_BRACKETS: refused before parsing, on every Python version alike.
+    "nesting-past-the-bracket-cap-under-every-recursion-limit": (
+        b"{" + _H + b"}",
+        b'{"x":' + b"[" * 520 + b"]" * 520 + b"}",
+        MALFORMED,
+    ),
+    "brackets-past-the-cap-inside-a-string": (
+        b"{" + _H + b"}",
+        b'{"x":"' + b"{" * 512 + b'"}',
+        MALFORMED,
+    ),
     "header-not-utf8": (b'{"alg":"ES256","kid":"\xff"}', b"{}", MALFORMED),
     "header-overlong-utf8": (b'{"alg":"ES256","kid":"\xc0\xaf"}', b"{}", MALFORMED),
     "header-utf8-encoded-surrogate": (b'{"alg":"ES256","kid":"\xed\xa0\x80"}', b"{}", MALFORMED),
@@ -1331,6 +1349,9 @@ def test_the_controls_without_the_attack_are_allowed(world: World) -> None:
         "huge-exp-within-the-limit": _raw_json(b"{" + _H + b"}", b'{"exp":1' + b"0" * 4000 + b"}")(
             world
         ),
+        "brackets-at-the-cap": _raw_json(
+            b"{" + _H + b"}", b'{"x":"' + b"[" * (MAX_JSON_BRACKETS - 1) + b'"}'
+        )(world),
         "nesting-under-the-recursion-limit": _raw_json(
             b"{" + _H + b"}", b'{"x":' + b"[" * 100 + b"]" * 100 + b"}"
         )(world),
