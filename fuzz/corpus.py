@@ -14,7 +14,6 @@ the corpus directory is empty. Files are named by the SHA-1 of their content.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import sys
@@ -22,11 +21,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import _paths  # noqa: F401 - tests/ on sys.path, before the shared helpers below
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from jws_oracle import b64url
+from wycheproof import VECTORS_DIR, jwk_pem, jwk_uint
 
-VECTORS_DIR: Final = Path(__file__).resolve().parents[1].parent / "shared/vectors/wycheproof"
 CORPUS_DIR: Final = Path(__file__).resolve().parent / "corpus"
 NOW: Final = 1_700_000_000
 SIGNATURE_FILES: Final = (
@@ -42,24 +43,15 @@ def _load(vectors_dir: Path, name: str) -> dict[str, Any]:
     return data
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _uint(jwk: Mapping[str, Any], name: str) -> int:
-    value = jwk[name]
-    return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
-
-
 def _private_key(jwk: Mapping[str, Any]) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     if jwk["kty"] == "RSA":
-        public = rsa.RSAPublicNumbers(e=_uint(jwk, "e"), n=_uint(jwk, "n"))
+        public = rsa.RSAPublicNumbers(e=jwk_uint(jwk, "e"), n=jwk_uint(jwk, "n"))
         names = ("p", "q", "d", "dp", "dq", "qi")
-        p, q, d, dp, dq, qi = (_uint(jwk, n) for n in names)
+        p, q, d, dp, dq, qi = (jwk_uint(jwk, n) for n in names)
         return rsa.RSAPrivateNumbers(p, q, d, dp, dq, qi, public).private_key()
     curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
-    point = ec.EllipticCurvePublicNumbers(_uint(jwk, "x"), _uint(jwk, "y"), curve[jwk["crv"]])
-    return ec.EllipticCurvePrivateNumbers(_uint(jwk, "d"), point).private_key()
+    point = ec.EllipticCurvePublicNumbers(jwk_uint(jwk, "x"), jwk_uint(jwk, "y"), curve[jwk["crv"]])
+    return ec.EllipticCurvePrivateNumbers(jwk_uint(jwk, "d"), point).private_key()
 
 
 def _mint(
@@ -67,13 +59,13 @@ def _mint(
     header: Mapping[str, Any],
     claims: Mapping[str, Any],
 ) -> str:
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     else:
         r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return f"{signing_input}.{_b64(signature)}"
+    return f"{signing_input}.{b64url(signature)}"
 
 
 _CLAIMS: Final[tuple[dict[str, Any], ...]] = (
@@ -114,37 +106,12 @@ def token_seeds(vectors_dir: Path = VECTORS_DIR) -> Iterator[bytes]:
     yield from (b"", b".", b"..", b"a.b.c", b"Bearer ", b"e30.e30.")
 
 
-def _der(tag: int, content: bytes) -> bytes:
-    length = len(content)
-    if length < 0x80:
-        return bytes([tag, length]) + content
-    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _der_uint(value: int) -> bytes:
-    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
 def _raw_pem(jwk: Mapping[str, Any]) -> bytes | None:
-    """A PEM holding a JWK's numbers as they are, valid key or not."""
+    """A PEM holding a JWK's numbers as they are, valid key or not (None: no such PEM)."""
     try:
-        if jwk.get("kty") == "RSA":
-            algorithm = _der(0x30, bytes.fromhex("06092a864886f70d0101010500"))
-            key = _der(0x30, _der_uint(_uint(jwk, "n")) + _der_uint(_uint(jwk, "e")))
-        elif jwk.get("kty") == "EC":
-            oids = {"P-256": ("06082a8648ce3d030107", 32), "P-384": ("06052b81040022", 48)}
-            oid, width = oids[jwk["crv"]]
-            algorithm = _der(0x30, bytes.fromhex("06072a8648ce3d0201" + oid))
-            x, y = (_uint(jwk, n).to_bytes(width, "big") for n in ("x", "y"))
-            key = b"\x04" + x + y
-        else:
-            return None
-    except (KeyError, ValueError, OverflowError):
+        return jwk_pem(jwk)
+    except (KeyError, ValueError):
         return None
-    body = base64.b64encode(_der(0x30, algorithm + _der(0x03, b"\x00" + key))).decode()
-    lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
-    return f"-----BEGIN PUBLIC KEY-----\n{lines}\n-----END PUBLIC KEY-----\n".encode()
 
 
 def key_seeds(vectors_dir: Path = VECTORS_DIR) -> Iterator[bytes]:

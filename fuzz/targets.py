@@ -11,17 +11,15 @@ mutations reach every row of the decision table.
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+import _paths  # noqa: F401 - tests/ on sys.path, before the shared helpers below
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jws_oracle import PublicKey, genuinely_signed
+from wycheproof import VECTORS_DIR
 
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from authz_server.admin_jwk import is_jwk, jwk_to_pem
@@ -38,11 +36,9 @@ from authz_server.verifier import Allowed, Denied, Policy, Reason, bearer_token,
 
 __all__ = ["VECTORS_DIR", "KeyTarget", "TokenTarget", "vector_keys"]
 
-VECTORS_DIR: Final = Path(__file__).resolve().parents[1].parent / "shared/vectors/wycheproof"
 PROJECT: Final = "fuzz-project"
 # Wycheproof's tokens carry no exp; a fixed "now" keeps runs reproducible.
 NOW: Final = 1_700_000_000
-P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 CONTRACT_MESSAGES: Final = frozenset(r.message for r in Reason if r is not Reason.INTERNAL_ERROR)
 POLICIES: Final = (Policy(), Policy(audience_suffix="example.com", leeway=30))
 
@@ -67,54 +63,15 @@ def vector_keys(vectors_dir: Path = VECTORS_DIR) -> dict[str, VerifyKey]:
     return keys
 
 
-def _b64decode_strict(segment: str) -> bytes:
-    if not re.fullmatch(r"[A-Za-z0-9_-]*", segment) or len(segment) % 4 == 1:
-        raise ValueError("not base64url")
-    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    if base64.urlsafe_b64encode(data).rstrip(b"=").decode() != segment:
-        raise ValueError("not canonical")
-    return data
-
-
-def genuinely_signed(token: str, keys: Mapping[str, VerifyKey]) -> bool:
-    """An oracle independent of the verifier's parser and of ``VerifyKey.verify``."""
-    parts = token.split(".")
-    if len(parts) != 3 or not token.isascii():
-        return False
-    try:
-        header = json.loads(_b64decode_strict(parts[0]))
-        _b64decode_strict(parts[1])
-        signature = _b64decode_strict(parts[2])
-    except ValueError:
-        return False
-    if not isinstance(header, dict) or not isinstance(header.get("kid"), str):
-        return False
-    key = keys.get(header["kid"])
-    if key is None or key.alg != header.get("alg"):
-        return False
-    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-    public = key.public_key
-    try:
-        if isinstance(public, rsa.RSAPublicKey):
-            public.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
-            return True
-        if len(signature) != 64:
-            return False
-        r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        if not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
-            return False
-        public.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))
-        return True
-    except InvalidSignature:
-        return False
-
-
 class TokenTarget:
     """``bearer_token`` + ``decide`` on the input as a token and as a header, then the
     servicer's ``check`` on the same header."""
 
     def __init__(self, keys: Mapping[str, VerifyKey]) -> None:
         self.keys = dict(keys)
+        self.oracle_keys: dict[str, tuple[str, PublicKey]] = {
+            kid: (key.alg, key.public_key) for kid, key in self.keys.items()
+        }
         snapshot = Snapshot({PROJECT: ProjectKeys(self.keys, ())})
         self.service = AuthorizationService(lambda: snapshot, POLICIES[0], clock=lambda: NOW)
 
@@ -128,7 +85,7 @@ class TokenTarget:
     def _decide(self, token: str | None, policy: Policy) -> None:
         decision = decide(token, self.keys, policy, NOW)
         if isinstance(decision, Allowed):
-            if token is None or not genuinely_signed(token, self.keys):
+            if token is None or not genuinely_signed(token, self.oracle_keys):
                 raise AssertionError(f"allowed without a valid signature: {token!r}")
             return
         if not isinstance(decision, Denied) or decision.reason.message not in CONTRACT_MESSAGES:

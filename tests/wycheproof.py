@@ -42,6 +42,7 @@ __all__ = [
     "jwk_case_list",
     "jwk_pem",
     "jwk_public_key",
+    "jwk_uint",
     "jws_case_list",
     "key_groups",
     "load",
@@ -286,7 +287,8 @@ _CURVES: Final[Mapping[str, ec.EllipticCurve]] = {
 }
 
 
-def _uint(jwk: Jwk, name: str) -> int:
+def jwk_uint(jwk: Jwk, name: str) -> int:
+    """A JWK member as the unsigned big-endian integer its strict base64url encodes."""
     if not isinstance(jwk.get(name), str):
         raise ValueError(f"a {jwk.get('kty')!r} JWK without {name!r}")
     return int.from_bytes(b64url_decode(jwk[name]), "big")
@@ -296,13 +298,13 @@ def jwk_public_key(jwk: Jwk) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
     """The public key a JWK describes; ValueError/KeyError when it describes none."""
     kty = jwk.get("kty")
     if kty == "RSA":
-        return rsa.RSAPublicNumbers(e=_uint(jwk, "e"), n=_uint(jwk, "n")).public_key()
+        return rsa.RSAPublicNumbers(e=jwk_uint(jwk, "e"), n=jwk_uint(jwk, "n")).public_key()
     if kty == "EC":
         curve = _CURVES.get(jwk.get("crv", ""))
         if curve is None:
             raise ValueError(f"an EC JWK on an unknown curve {jwk.get('crv')!r}")
         return ec.EllipticCurvePublicNumbers(
-            x=_uint(jwk, "x"), y=_uint(jwk, "y"), curve=curve
+            x=jwk_uint(jwk, "x"), y=jwk_uint(jwk, "y"), curve=curve
         ).public_key()
     raise ValueError(f"a {kty!r} JWK has no public key")
 
@@ -349,11 +351,11 @@ def jwk_pem(jwk: Jwk) -> bytes:
     kty = jwk.get("kty")
     if kty == "RSA":
         algorithm = _der(0x30, _OID_RSA_ENCRYPTION + _DER_NULL)
-        key = _der(0x30, _der_uint(_uint(jwk, "n")) + _der_uint(_uint(jwk, "e")))
+        key = _der(0x30, _der_uint(jwk_uint(jwk, "n")) + _der_uint(jwk_uint(jwk, "e")))
     elif kty == "EC":
         curve_oid, width = _OID_CURVES[jwk["crv"]]
         algorithm = _der(0x30, _OID_EC_PUBLIC_KEY + curve_oid)
-        x, y = (_uint(jwk, name).to_bytes(width, "big") for name in ("x", "y"))
+        x, y = (jwk_uint(jwk, name).to_bytes(width, "big") for name in ("x", "y"))
         key = b"\x04" + x + y  # the uncompressed point of SEC 1
     else:
         raise ValueError(f"a {kty!r} JWK has no public key")
