@@ -70,6 +70,9 @@ class Snapshot:
 
     projects: Mapping[str, ProjectKeys] = field(default_factory=lambda: MappingProxyType({}))
     generation: int = 0
+    # False only before the first complete scan of the keys directory: which projects
+    # have keys is not known yet, so no request may be decided on it (fail closed).
+    complete: bool = True
 
     def keys_for(self, project: str) -> Mapping[str, VerifyKey] | None:
         """The project's keys, or None when the project does not use JWT."""
@@ -92,7 +95,7 @@ class KeyStore:
     def __init__(self, keys_dir: Path, *, max_keys: int = MAX_KEYS_PER_PROJECT) -> None:
         self.keys_dir = keys_dir
         self.max_keys = max_keys
-        self.snapshot = Snapshot()
+        self.snapshot = Snapshot(complete=False)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._dir_available = True
         self.watching = threading.Event()
@@ -135,9 +138,14 @@ class KeyStore:
             if projects is None:
                 self.loaded.set()
             old = current.projects
-            if updated.keys() == old.keys() and all(updated[k] is old[k] for k in updated):
+            complete = current.complete or projects is None
+            if (
+                complete == current.complete
+                and updated.keys() == old.keys()
+                and all(updated[k] is old[k] for k in updated)
+            ):
                 return current
-            self.snapshot = Snapshot(MappingProxyType(updated), current.generation + 1)
+            self.snapshot = Snapshot(MappingProxyType(updated), current.generation + 1, complete)
             return self.snapshot
 
     def _check_dir(self) -> bool:

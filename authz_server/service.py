@@ -58,6 +58,8 @@ _OPEN_PROJECT_RESPONSE: Final = external_auth_pb2.CheckResponse(
     status=_OK_STATUS,
     ok_response=external_auth_pb2.OkHttpResponse(headers_to_remove=[JWT_KID_HEADER]),
 ).SerializeToString()
+# Before the first complete scan of the keys directory, every request is denied.
+_NOT_READY: Final = Denied(Reason.NOT_READY)
 # Cap on each table of pre-encoded responses (a safety net; real sizes are far lower).
 _MAX_ENCODED: Final = 100_000
 
@@ -122,9 +124,14 @@ class AuthorizationService:
             attributes = request.attributes
             project = project_of(attributes)
             token = bearer_token(attributes.request.http.headers.get("authorization"))
-            keys = self._snapshot().keys_for(project)
+            snapshot = self._snapshot()
+            keys = snapshot.keys_for(project)
             protected = keys is not None
-            decision: Decision = self.verifier.decide(project, token, keys, self._clock())
+            decision: Decision = (
+                self.verifier.decide(project, token, keys, self._clock())
+                if snapshot.complete
+                else _NOT_READY
+            )
             if isinstance(decision, Allowed):
                 kid = decision.kid
                 if kid is None:

@@ -49,8 +49,11 @@ class Reason(enum.Enum):
     EXPIRED = "invalid JWT token (expired token)"
     NOT_YET_VALID = "invalid JWT token (not reached nbf)"
     BAD_AUDIENCE = "invalid JWT token (invalid audience)"
-    # Not a row of the table: the service failed closed on an unexpected error.
+    # Not rows of the table: the service failed closed on an unexpected error, or was asked
+    # before its first complete scan of the keys directory (the words of Envoy's own reply
+    # when it cannot reach the service).
     INTERNAL_ERROR = "authorization failed (internal error)"
+    NOT_READY = "authorization service unavailable"
 
     @property
     def message(self) -> str:
@@ -60,6 +63,20 @@ class Reason(enum.Enum):
     def code(self) -> str:
         """A short stable name for logs and metric labels, e.g. ``expired``."""
         return self.name.lower()
+
+
+# The rows of the contract's decision table, in order (the other reasons are the service's).
+TABLE_REASONS: Final[tuple[Reason, ...]] = (
+    Reason.MISSING_TOKEN,
+    Reason.MALFORMED,
+    Reason.UNSUPPORTED_ALGORITHM,
+    Reason.EMPTY_KEY_ID,
+    Reason.UNKNOWN_KEY_ID,
+    Reason.BAD_SIGNATURE,
+    Reason.EXPIRED,
+    Reason.NOT_YET_VALID,
+    Reason.BAD_AUDIENCE,
+)
 
 
 @dataclass(frozen=True, slots=True)

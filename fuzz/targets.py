@@ -32,14 +32,21 @@ from authz_server.keys import (
 )
 from authz_server.keystore import ProjectKeys, Snapshot
 from authz_server.service import AuthorizationService
-from authz_server.verifier import Allowed, Denied, Policy, Reason, bearer_token, decide
+from authz_server.verifier import (
+    TABLE_REASONS,
+    Allowed,
+    Denied,
+    Policy,
+    bearer_token,
+    decide,
+)
 
 __all__ = ["VECTORS_DIR", "KeyTarget", "TokenTarget", "vector_keys"]
 
 PROJECT: Final = "fuzz-project"
 # Wycheproof's tokens carry no exp; a fixed "now" keeps runs reproducible.
 NOW: Final = 1_700_000_000
-CONTRACT_MESSAGES: Final = frozenset(r.message for r in Reason if r is not Reason.INTERNAL_ERROR)
+CONTRACT_MESSAGES: Final = frozenset(r.message for r in TABLE_REASONS)
 POLICIES: Final = (Policy(), Policy(audience_suffix="example.com", leeway=30))
 
 

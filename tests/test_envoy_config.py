@@ -24,6 +24,7 @@ from authz_server.envoy_config import (
     HEALTH_UNHEALTHY_THRESHOLD,
     LOCAL_CONFIG,
     LOCAL_PORTS,
+    UNAVAILABLE_BODY,
     Endpoint,
     ProjectRoute,
     main,
@@ -34,6 +35,7 @@ from authz_server.envoy_config import (
 from authz_server.envoy_process import EnvoyProcess, validate
 from authz_server.service import SERVICE_NAME
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.verifier import Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_0 = Endpoint("127.0.0.1", 0)
@@ -389,6 +391,11 @@ def post(
 def node() -> Iterator[JsonRpcNode]:
     with JsonRpcNode() as running:
         yield running
+
+
+def test_envoys_fail_closed_body_speaks_like_a_service_not_ready_yet() -> None:
+    assert json.loads(UNAVAILABLE_BODY) == UNAVAILABLE
+    assert UNAVAILABLE["message"] == Reason.NOT_READY.message
 
 
 @pytest.mark.parametrize("kind", ["refusing", "silent"])

@@ -404,3 +404,23 @@ def test_a_new_project_directory_is_picked_up(
     write_key(staging, "k", public_pem(ec_key))
     staging.rename(keys_dir / "brand-new")
     wait_for(lambda: kids(watched, "brand-new") == {"k"}, RELOAD_DEADLINE)
+
+
+def test_the_snapshot_is_complete_only_after_a_whole_scan(
+    tmp_path: Path, ec_key: PrivateKey
+) -> None:
+    keys_dir = tmp_path / "keys"
+    store = KeyStore(keys_dir)
+    assert store.snapshot.complete is False
+    store.reload()  # the directory is missing: nothing was scanned
+    assert store.snapshot.complete is False
+    (keys_dir / "p").mkdir(parents=True)
+    (keys_dir / "p" / "k.pem").write_bytes(public_pem(ec_key))
+    store.reload(["p"])  # one project read is not the whole directory
+    assert store.snapshot.complete is False
+    assert store.snapshot.keys_for("p") is not None
+    store.reload()
+    assert store.snapshot.complete is True
+    (keys_dir / "p" / "k.pem").unlink()
+    store.reload(["p"])
+    assert store.snapshot.complete is True  # and it stays so

@@ -226,6 +226,29 @@ def test_a_route_context_extension_selects_the_project(gate: Gate, ec_key: Priva
     assert allowed.status.code == code_pb2.OK
 
 
+def test_before_the_first_complete_scan_every_request_is_denied(
+    tmp_path: Path, ec_key: PrivateKey
+) -> None:
+    """Which projects have keys is unknown until the keys directory has been read whole:
+    no project may pass as one without keys meanwhile (fail closed)."""
+    keys_dir = tmp_path / "keys"  # not there yet: no scan can complete
+    g = Gate(keys_dir)
+    try:
+        token = mint(ec_key, KID, {})
+        for headers in ({}, bearer(token)):
+            response = g.check(path="/eth/some-project", headers=headers)
+            assert denial(response) == {
+                "code": -32013,
+                "message": "authorization service unavailable",
+                "project": "some-project",
+            }
+        keys_dir.mkdir()
+        g.store.reload()  # the first complete scan: no project has keys
+        assert g.check(path="/eth/some-project").status.code == code_pb2.OK
+    finally:
+        g.close()
+
+
 def test_an_internal_error_denies_and_never_logs_the_token(
     tmp_path: Path, ec_key: PrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -12,6 +12,7 @@ from authz_server.keys import VerifyKey
 from authz_server.tokens import PrivateKey, b64url, mint
 from authz_server.verifier import (
     MAX_TOKEN_LENGTH,
+    TABLE_REASONS,
     Allowed,
     Denied,
     Policy,
@@ -40,7 +41,7 @@ def reason_of(token: str | None, keys: dict[str, VerifyKey], **policy: object) -
 
 
 def test_every_reason_carries_the_contracts_exact_message() -> None:
-    assert {r.name: r.message for r in Reason if r is not Reason.INTERNAL_ERROR} == {
+    assert {r.name: r.message for r in TABLE_REASONS} == {
         "MISSING_TOKEN": "missing JWT token",
         "MALFORMED": "invalid JWT token (malformatted token)",
         "UNSUPPORTED_ALGORITHM": "invalid JWT token (unsupported algorithm)",
@@ -51,6 +52,11 @@ def test_every_reason_carries_the_contracts_exact_message() -> None:
         "NOT_YET_VALID": "invalid JWT token (not reached nbf)",
         "BAD_AUDIENCE": "invalid JWT token (invalid audience)",
     }
+
+
+def test_the_service_adds_two_reasons_of_its_own_to_the_table() -> None:
+    assert set(Reason) - set(TABLE_REASONS) == {Reason.INTERNAL_ERROR, Reason.NOT_READY}
+    assert list(Reason)[: len(TABLE_REASONS)] == list(TABLE_REASONS)  # the table's order
 
 
 def test_a_project_without_keys_lets_everything_through(signer: PrivateKey) -> None:
