@@ -24,6 +24,7 @@ __all__ = [
     "KeyRejected",
     "PublicKey",
     "VerifyKey",
+    "has_roca_fingerprint",
     "parse_public_key",
 ]
 
@@ -41,6 +42,26 @@ _PEM_PUBLIC_LABELS: Final = (b"-----BEGIN PUBLIC KEY-----", b"-----BEGIN RSA PUB
 _PKCS1V15: Final = padding.PKCS1v15()
 _SHA256: Final = hashes.SHA256()
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+
+
+# ROCA (CVE-2017-15361): RSA keys made by a widely deployed smart-card and TPM library
+# (2012-2017) can be factored. Their primes are built from powers of 65537 modulo a
+# primorial, which leaves a fingerprint in the modulus n: for every small prime r below,
+# n mod r lies in the subgroup that 65537 generates modulo r. A vulnerable modulus
+# passes all 38 tests; a random one, with probability about 4e-9 (the product over r of
+# the subgroup's share of the residues).
+_ROCA_PRIMES: Final = (
+    3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73,
+    79, 83, 89, 97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167,
+)  # fmt: skip
+_ROCA_SUBGROUPS: Final = tuple(
+    (r, frozenset(pow(65537, k, r) for k in range(r - 1))) for r in _ROCA_PRIMES
+)
+
+
+def has_roca_fingerprint(modulus: int) -> bool:
+    """Whether an RSA modulus carries the fingerprint of the ROCA weakness."""
+    return all(modulus % r in powers for r, powers in _ROCA_SUBGROUPS)
 
 
 class KeyRejected(ValueError):
@@ -106,9 +127,14 @@ def parse_public_key(data: bytes) -> tuple[Algorithm, PublicKey]:
             raise KeyRejected(
                 f"RSA key of {bits} bits (accepted: {MIN_RSA_BITS} to {MAX_RSA_BITS})"
             )
-        exponent = key.public_numbers().e
-        if exponent < 3 or exponent % 2 == 0:
-            raise KeyRejected(f"RSA key with unsafe public exponent {exponent}")
+        numbers = key.public_numbers()
+        if numbers.e < 3 or numbers.e % 2 == 0:
+            raise KeyRejected(f"RSA key with unsafe public exponent {numbers.e}")
+        if has_roca_fingerprint(numbers.n):
+            raise KeyRejected(
+                "RSA key with the ROCA weakness (CVE-2017-15361): its private key can be "
+                "recovered; make a new key pair with up-to-date software"
+            )
         return "RS256", key
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):

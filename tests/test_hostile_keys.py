@@ -33,7 +33,12 @@ import pytest
 
 import authz_server.keystore as keystore_module
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from authz_server.keys import MAX_KEY_FILE_BYTES
+from authz_server.keys import (
+    MAX_KEY_FILE_BYTES,
+    KeyRejected,
+    has_roca_fingerprint,
+    parse_public_key,
+)
 from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from authz_server.service import AuthorizationService
 from authz_server.tokens import PrivateKey, mint, public_pem
@@ -695,3 +700,53 @@ def test_the_helpers_see_what_they_claim(keys_dir: Path, tmp_path: Path) -> None
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert load(keys_dir).snapshot.projects.keys() == {PROJECT, OTHER_PROJECT}
     assert isinstance(load(keys_dir).snapshot.projects, MappingProxyType)
+
+
+# -- ROCA (CVE-2017-15361) ----------------------------------------------------------------------
+
+# The primes below 168 other than 2, written out here independently of authz_server.keys.
+_SMALL_ODD_PRIMES = tuple(r for r in range(3, 168, 2) if all(r % d for d in range(3, r, 2)))
+
+
+def _roca_shaped_prime_product(seed: int) -> int:
+    """A modulus of two numbers shaped like the weak library's primes,
+    ``k * M + (65537^a mod M)`` with ``M`` a primorial: the fingerprint, without the search
+    for real primes (the test needs the structure, not a usable key)."""
+    import math
+    import random
+
+    rng = random.Random(seed)  # noqa: S311 - test data, not cryptography
+    primorial = math.prod(_SMALL_ODD_PRIMES)
+
+    def weak() -> int:
+        return rng.getrandbits(900) * primorial + pow(65537, rng.randrange(1, 10**6), primorial)
+
+    return weak() * weak()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roca_shaped_moduli_carry_the_fingerprint(seed: int) -> None:
+    assert has_roca_fingerprint(_roca_shaped_prime_product(seed))
+
+
+def test_ordinary_keys_do_not_carry_the_roca_fingerprint(rsa_key: PrivateKey) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    assert isinstance(rsa_key, rsa.RSAPrivateKey)
+    assert not has_roca_fingerprint(rsa_key.public_key().public_numbers().n)
+    for _ in range(20):
+        fresh = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        assert not has_roca_fingerprint(fresh.public_key().public_numbers().n)
+
+
+def test_a_roca_weak_key_file_is_refused_with_its_reason(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    n = _roca_shaped_prime_product(7)
+    weak = rsa.RSAPublicNumbers(65537, n).public_key()
+    pem = weak.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(KeyRejected, match=r"ROCA weakness \(CVE-2017-15361\)"):
+        parse_public_key(pem)

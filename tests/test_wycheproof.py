@@ -393,7 +393,11 @@ class NotAKey:
 KEY_LOADING: Mapping[int, Accepted | Refused | NotAKey] = {
     5: Accepted("RS256"),  # rs256 "acceptsValid"
     6: Accepted("RS256"),  # Wycheproof refuses the JWK's alg RSA1_5 and use "enc"
-    7: Accepted("RS256"),  # a ROCA-weak 2049-bit modulus: the contract checks size only
+    7: Refused(  # Wycheproof "rejectsKeyWithRocaVulnerability": a 2049-bit ROCA modulus
+        "RSA key with the ROCA weakness (CVE-2017-15361): its private key can be recovered; "
+        "make a new key pair with up-to-date software",
+        builds=True,
+    ),
     8: Refused("RSA key of 1024 bits (accepted: 2048 to 8192)", builds=True),
     9: Refused("unreadable PEM public key", builds=False),  # e = 1
     19: Accepted("ES256"),  # P-256 key whose JWK says alg ES521
