@@ -11,6 +11,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -273,6 +275,31 @@ def authz_host_health(envoy: EnvoyProcess) -> dict[int, str]:
     return flags
 
 
+@contextmanager
+def two_replicas_behind_envoy(
+    keys_dir: Path, *first_args: str
+) -> Iterator[tuple[AuthzProcess, AuthzProcess, EnvoyProcess]]:
+    """Two authz-server processes (the first with ``first_args``) as the endpoints of the
+    gate's own rendered Envoy config, a demo node upstream; yields once Envoy's health
+    checks have found both endpoints healthy."""
+    with (
+        JsonRpcNode() as node,
+        AuthzProcess(keys_dir, *first_args) as first,
+        AuthzProcess(keys_dir) as second,
+        EnvoyProcess(
+            render(
+                listen=Endpoint("127.0.0.1", 0),
+                authz=[Endpoint("127.0.0.1", first.port), Endpoint("127.0.0.1", second.port)],
+                upstream=Endpoint("127.0.0.1", node.port),
+                admin=Endpoint("127.0.0.1", 0),
+            )
+        ) as envoy,
+    ):
+        both = {first.port: "healthy", second.port: "healthy"}
+        wait_for(lambda: authz_host_health(envoy) == both, timeout=15, interval=0.05)
+        yield first, second, envoy
+
+
 def test_stopping_one_of_two_replicas_under_load_through_envoy_fails_no_request(
     keys_dir: Path, ec_key: PrivateKey
 ) -> None:
@@ -281,33 +308,21 @@ def test_stopping_one_of_two_replicas_under_load_through_envoy_fails_no_request(
     move every call to the other before it stops: every request gets its 200."""
     token = mint(ec_key, KID, {"exp": time.time() + 600})
     with (
-        JsonRpcNode() as node,
-        AuthzProcess(keys_dir, "--drain-delay", "5") as leaving,
-        AuthzProcess(keys_dir) as staying,
-        EnvoyProcess(
-            render(
-                listen=Endpoint("127.0.0.1", 0),
-                authz=[Endpoint("127.0.0.1", leaving.port), Endpoint("127.0.0.1", staying.port)],
-                upstream=Endpoint("127.0.0.1", node.port),
-                admin=Endpoint("127.0.0.1", 0),
-            )
-        ) as envoy,
+        two_replicas_behind_envoy(keys_dir, "--drain-delay", "5") as (leaving, _, envoy),
+        GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load,
     ):
-        both = {leaving.port: "healthy", staying.port: "healthy"}
-        wait_for(lambda: authz_host_health(envoy) == both, timeout=15, interval=0.05)
-        with GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load:
-            wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
-            leaving.signal(signal.SIGTERM)
-            wait_for(
-                lambda: authz_host_health(envoy)[leaving.port] != "healthy",
-                timeout=5,
-                interval=0.05,
-            )
-            assert leaving.process is not None
-            assert leaving.process.wait(timeout=30) == 0, leaving.log
-            gone = time.monotonic()
-            # The survivor carries on alone.
-            wait_for(lambda: load.ok_since(gone) >= 200, timeout=30)
+        wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
+        leaving.signal(signal.SIGTERM)
+        wait_for(
+            lambda: authz_host_health(envoy)[leaving.port] != "healthy",
+            timeout=5,
+            interval=0.05,
+        )
+        assert leaving.process is not None
+        assert leaving.process.wait(timeout=30) == 0, leaving.log
+        gone = time.monotonic()
+        # The survivor carries on alone.
+        wait_for(lambda: load.ok_since(gone) >= 200, timeout=30)
     statuses = Counter(status for status, _at in load.results)
     assert set(statuses) == {200}, statuses
     assert "health NOT_SERVING; still answering for 5s" in leaving.log
@@ -335,21 +350,7 @@ def test_a_replica_killed_under_load_is_ejected_and_its_calls_retried(
     of ~750 refused (fail closed, 403) in the instant of the crash; without retries and
     outlier detection, ~350 in the 2 to 4 s until the health checks eject it."""
     token = mint(ec_key, KID, {"exp": time.time() + 600})
-    with (
-        JsonRpcNode() as node,
-        AuthzProcess(keys_dir) as dying,
-        AuthzProcess(keys_dir) as staying,
-        EnvoyProcess(
-            render(
-                listen=Endpoint("127.0.0.1", 0),
-                authz=[Endpoint("127.0.0.1", dying.port), Endpoint("127.0.0.1", staying.port)],
-                upstream=Endpoint("127.0.0.1", node.port),
-                admin=Endpoint("127.0.0.1", 0),
-            )
-        ) as envoy,
-    ):
-        both = {dying.port: "healthy", staying.port: "healthy"}
-        wait_for(lambda: authz_host_health(envoy) == both, timeout=15, interval=0.05)
+    with two_replicas_behind_envoy(keys_dir) as (dying, _, envoy):
         with GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load:
             wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
             dying.signal(signal.SIGKILL)
