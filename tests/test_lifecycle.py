@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 import grpc
 import pytest
@@ -98,7 +99,30 @@ def test_reflection_lists_the_services(keys_dir: Path) -> None:
         assert reply.file_descriptor_response.file_descriptor_proto
 
 
-class CheckLoad:
+class LoadThreads:
+    """Client threads, each running ``_run`` until ``_stop`` is set at the end of the
+    ``with`` block; ``_lock`` guards what they record."""
+
+    def __init__(self, clients: int) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+
+class CheckLoad(LoadThreads):
     """Client threads calling Check with a valid token, each over its own channel, until
     stopped; every outcome is recorded with its time."""
 
@@ -108,9 +132,7 @@ class CheckLoad:
         self.ok: list[float] = []  # monotonic times of successful calls
         self.failures: list[tuple[grpc.StatusCode, str, float]] = []
         self.wrong: list[int] = []  # calls answered with anything but OK
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        super().__init__(clients)
 
     def _run(self) -> None:
         with grpc.insecure_channel(self.address) as channel:
@@ -131,16 +153,6 @@ class CheckLoad:
     def ok_since(self, moment: float) -> int:
         with self._lock:
             return sum(1 for at in self.ok if at > moment)
-
-    def __enter__(self) -> CheckLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
 
 
 def test_sigterm_under_load_fails_no_call_and_exits_zero(
@@ -218,7 +230,7 @@ def test_a_first_key_load_during_the_drain_leaves_health_not_serving(
         assert health_status(server.address, SERVICE_NAME) == NOT_SERVING
 
 
-class GateLoad:
+class GateLoad(LoadThreads):
     """HTTP clients posting to Envoy with a valid token, each on its own keep-alive
     connection, until stopped; every status (or connection error) recorded with its time."""
 
@@ -226,9 +238,7 @@ class GateLoad:
         self.port, self.path = port, path
         self.headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
         self.results: list[tuple[int, float]] = []  # (status, monotonic time); 0: no reply
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        super().__init__(clients)
 
     def _run(self) -> None:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})
@@ -250,16 +260,6 @@ class GateLoad:
     def ok_since(self, moment: float) -> int:
         with self._lock:
             return sum(1 for status, at in self.results if status == 200 and at > moment)
-
-    def __enter__(self) -> GateLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
 
 
 def authz_host_health(envoy: EnvoyProcess) -> dict[int, str]:
