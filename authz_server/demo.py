@@ -123,7 +123,6 @@ def envoy_config(gate: int, authz: int, node: int, admin: int) -> tuple[dict[str
 
 
 def main() -> int:
-
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
