@@ -51,12 +51,7 @@ class Prober:
             if all(value is not None for value in first):
                 break
             number = (number + 1) % len(self._calls)
-            next_at += _PERIOD_S
-            pause = next_at - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            else:
-                next_at = time.perf_counter()
+            next_at = _pace(next_at)
         seen = [value for value in first if value is not None]
         earliest = min(seen) if seen else math.nan
         everywhere = max(seen) if len(seen) == len(first) else math.nan
@@ -73,14 +68,20 @@ class Prober:
             self.allowed(number, request)
             latencies.append((time.perf_counter() - began) * 1000)
             number = (number + 1) % len(self._calls)
-            next_at += _PERIOD_S
-            pause = next_at - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            else:
-                next_at = time.perf_counter()
+            next_at = _pace(next_at)
         return latencies
 
     def close(self) -> None:
         for channel in self._channels:
             channel.close()
+
+
+def _pace(next_at: float) -> float:
+    """Sleep until one probe period after ``next_at``; the time the next probe is due
+    (now, when the probes have fallen behind)."""
+    next_at += _PERIOD_S
+    pause = next_at - time.perf_counter()
+    if pause > 0:
+        time.sleep(pause)
+        return next_at
+    return time.perf_counter()

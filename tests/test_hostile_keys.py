@@ -100,6 +100,17 @@ def load(keys_dir: Path, store: KeyStore | None = None) -> KeyStore:
     return store
 
 
+def load_traced(keys_dir: Path) -> tuple[KeyStore, int]:
+    """``load``, and the peak of Python memory allocated while it ran, in bytes."""
+    tracemalloc.start()
+    try:
+        store = load(keys_dir)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return store, peak
+
+
 def kids(store: KeyStore, project: str = PROJECT) -> set[str] | None:
     keys = store.snapshot.keys_for(project)
     return None if keys is None else set(keys)
@@ -301,12 +312,7 @@ def test_a_100_mib_sparse_file_is_refused_by_its_size_without_being_opened(
 ) -> None:
     # A valid key at its very end: only reading the whole file would find it.
     huge = sparse_file(keys_dir / PROJECT / "huge.pem", HUGE, tail=public_pem(ec_key))
-    tracemalloc.start()
-    try:
-        store = load(keys_dir)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    store, peak = load_traced(keys_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert f"larger than {MAX_KEY_FILE_BYTES} bytes" in refusal(all_logs, huge)
@@ -353,12 +359,7 @@ def test_a_file_that_grows_to_100_mib_after_the_scan_is_read_no_further_than_the
     key = keys_dir / PROJECT / "grows.pem"
     key.write_bytes(public_pem(ec_key))
     _swap_after_scan(monkeypatch, key, lambda p: sparse_file(p, HUGE, tail=public_pem(ec_key)))
-    tracemalloc.start()
-    try:
-        store = load(keys_dir)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    store, peak = load_traced(keys_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert f"larger than {MAX_KEY_FILE_BYTES} bytes" in refusal(all_logs, key)
