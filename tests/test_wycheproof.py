@@ -14,6 +14,7 @@ change of behaviour fails a test instead of passing unnoticed.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 from collections import Counter
@@ -82,6 +83,19 @@ def _fail_without_vectors(request: pytest.FixtureRequest) -> None:
 def test_the_vector_files_are_present() -> None:
     missing = [name for name in ALL_FILES if not (VECTORS_DIR / name).is_file()]
     assert not missing, f"{missing_message()}: missing {missing}"
+
+
+def test_the_vendored_files_are_upstreams_unchanged_and_only_those_used() -> None:
+    # SOURCE.md records each file's SHA-256 as copied from upstream; an edited file, or a
+    # file vendored but unused (or used but not vendored), fails here.
+    source = (VECTORS_DIR / "SOURCE.md").read_text(encoding="utf-8")
+    recorded = dict(re.findall(r"^\| `([\w.]+\.json)` \| `([0-9a-f]{64})` \|", source, re.M))
+    assert set(recorded) == set(ALL_FILES)
+    assert {path.name for path in VECTORS_DIR.glob("*.json")} == set(ALL_FILES)
+    for name, digest in recorded.items():
+        assert hashlib.sha256((VECTORS_DIR / name).read_bytes()).hexdigest() == digest, name
+    licence = (VECTORS_DIR / "LICENSE").read_text(encoding="utf-8")
+    assert licence.lstrip().startswith("Apache License\n                           Version 2.0")
 
 
 def _reason(decision: Decision) -> Reason:

@@ -1,8 +1,8 @@
 """Project Wycheproof vectors: where they live, how they load, and JWKs turned into keys.
 
-The vectors are data kept beside the project (``../shared/vectors/wycheproof``, described
-by ``SOURCE.md`` there). Each file is parsed once per test session. A missing directory
-is an error the tests report, never a reason to skip them.
+The vectors are data files vendored in ``tests/vectors/wycheproof`` (their origin, upstream
+commit and licence in ``SOURCE.md`` there). Each file is parsed once per test session. A
+missing file is an error the tests report, never a reason to skip them.
 
 Cases are plain frozen dataclasses built from the JSON; ``case_id`` gives the readable
 pytest ids (``rsa2048-tc17-<comment-slug>``).
@@ -52,9 +52,7 @@ __all__ = [
     "split_compact",
 ]
 
-VECTORS_DIR: Final = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "wycheproof"
-)
+VECTORS_DIR: Final = Path(__file__).resolve().parent / "vectors" / "wycheproof"
 
 Result = Literal["valid", "invalid", "acceptable"]
 Jwk = Mapping[str, Any]
@@ -66,8 +64,8 @@ class VectorsMissingError(FileNotFoundError):
 
 def missing_message() -> str:
     return (
-        f"Wycheproof vectors not found in {VECTORS_DIR} (expected beside the project, in "
-        "../shared/vectors/wycheproof); these tests need them and never skip"
+        f"Wycheproof vectors not found in {VECTORS_DIR} (vendored in the repository, "
+        "see SOURCE.md there); these tests need them and never skip"
     )
 
 
