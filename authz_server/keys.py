@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 __all__ = [
     "MAX_KEY_FILE_BYTES",
     "MAX_RSA_BITS",
+    "MAX_RSA_EXPONENT",
     "MIN_RSA_BITS",
     "Algorithm",
     "KeyRejected",
@@ -33,6 +34,10 @@ PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 MIN_RSA_BITS: Final = 2048
 MAX_RSA_BITS: Final = 8192
+# A public exponent is small in every real key (65537 almost always). The cost of a
+# verification grows with its bit length: a 3071-bit exponent made one failed check cost
+# about 90 times that of e = 65537, and let a flood of bad tokens starve other projects.
+MAX_RSA_EXPONENT: Final = 2**32
 # A PEM of an 8192-bit RSA key is about 1.5 KiB; anything far larger is not a key.
 MAX_KEY_FILE_BYTES: Final = 64 * 1024
 
@@ -130,6 +135,11 @@ def parse_public_key(data: bytes) -> tuple[Algorithm, PublicKey]:
         numbers = key.public_numbers()
         if numbers.e < 3 or numbers.e % 2 == 0:
             raise KeyRejected(f"RSA key with unsafe public exponent {numbers.e}")
+        if numbers.e >= MAX_RSA_EXPONENT:
+            raise KeyRejected(
+                f"RSA key with a {numbers.e.bit_length()}-bit public exponent "
+                "(accepted: odd, 3 to 2^32 - 1)"
+            )
         if has_roca_fingerprint(numbers.n):
             raise KeyRejected(
                 "RSA key with the ROCA weakness (CVE-2017-15361): its private key can be "

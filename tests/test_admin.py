@@ -230,6 +230,15 @@ def make_rsa_1024() -> PrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=1024)
 
 
+def rsa_public_pem_with_exponent(e: int, bits: int = 3072) -> bytes:
+    """A public key of a fresh modulus with any exponent (no private key has it)."""
+    n = rsa.generate_private_key(public_exponent=65537, key_size=bits).public_key()
+    public = rsa.RSAPublicNumbers(e, n.public_numbers().n).public_key()
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def pem_of(key: Any) -> bytes:
     return bytes(
         key.public_key().public_bytes(
@@ -269,6 +278,11 @@ def pem_of(key: Any) -> bytes:
             lambda k: b"hello, world\n",
             "not a PEM public key (expected BEGIN PUBLIC KEY or RSA PUBLIC KEY)",
             id="garbage",
+        ),
+        pytest.param(
+            lambda k: rsa_public_pem_with_exponent(2**3070 + 1),
+            "RSA key with a 3071-bit public exponent (accepted: odd, 3 to 2^32 - 1)",
+            id="rsa-3071-bit-exponent",
         ),
         pytest.param(lambda k: b"", "empty file", id="empty"),
         pytest.param(lambda k: b"{", "not valid JSON (expected a JWK)", id="broken-json"),

@@ -42,7 +42,7 @@ from authz_server.keys import (
 from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from authz_server.service import AuthorizationService
 from authz_server.tokens import PrivateKey, mint, public_pem
-from authz_server.verifier import Policy, Reason
+from authz_server.verifier import Allowed, Policy, Reason, decide
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 OTHER_PROJECT: Final = "other-project"
@@ -751,3 +751,40 @@ def test_a_roca_weak_key_file_is_refused_with_its_reason(tmp_path: Path) -> None
     )
     with pytest.raises(KeyRejected, match=r"ROCA weakness \(CVE-2017-15361\)"):
         parse_public_key(pem)
+
+
+def _rsa_pem_with_exponent(modulus_of: PrivateKey, e: int) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    assert isinstance(modulus_of, rsa.RSAPrivateKey)
+    n = modulus_of.public_key().public_numbers().n
+    return (
+        rsa.RSAPublicNumbers(e, n)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+@pytest.mark.parametrize(
+    ("e", "bits"),
+    [(2**32 + 1, 33), (2**64 + 1, 65), (2**2046 + 1, 2047)],
+    ids=["2^32+1", "2^64+1", "2047-bit"],
+)
+def test_an_rsa_exponent_of_2_to_the_32_or_more_is_refused_and_the_project_keeps_its_keys(
+    keys_dir: Path, rsa_key: PrivateKey, ec_key: PrivateKey, e: int, bits: int
+) -> None:
+    (keys_dir / PROJECT / "huge-e.pem").write_bytes(_rsa_pem_with_exponent(rsa_key, e))
+    with pytest.raises(KeyRejected, match=rf"^RSA key with a {bits}-bit public exponent"):
+        parse_public_key((keys_dir / PROJECT / "huge-e.pem").read_bytes())
+    keys = KeyStore(keys_dir).reload().keys_for(PROJECT)
+    assert keys is not None
+    assert sorted(keys) == ["good"]
+    assert decide(mint(ec_key, "good", {}), keys, Policy(), time.time()) == Allowed("good")
+
+
+@pytest.mark.parametrize("e", [3, 65537, 2**32 - 1], ids=["3", "65537", "2^32-1"])
+def test_odd_rsa_exponents_below_2_to_the_32_load(rsa_key: PrivateKey, e: int) -> None:
+    alg, public = parse_public_key(_rsa_pem_with_exponent(rsa_key, e))
+    assert alg == "RS256"
+    assert public.public_numbers().e == e  # type: ignore[union-attr]
