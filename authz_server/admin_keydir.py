@@ -1,9 +1,9 @@
 """The keys directory as the ``keys`` commands change and read it.
 
 Which files are keys, which keys are active and why a file is refused are never
-decided here: a :class:`~authz_server.keystore.KeyStore` loads the directory and the
-loader's own file reader explains a refusal. This module adds what only a writer
-needs:
+decided here: a :class:`~authz_server.keystore.KeyStore` loads the directory, and
+its :attr:`~authz_server.keystore.ProjectKeys.refused` says why each file is not
+active. This module adds what only a writer needs:
 
 - a per-project lock (``flock`` on the dot-file :data:`LOCK_NAME`, ignored by the
   loader), so that counting a project's keys and writing a new one is one step even
@@ -32,7 +32,7 @@ from typing import Final
 
 from .admin_common import AdminError
 from .admin_jwk import thumbprint
-from .keys import KeyRejected, VerifyKey
+from .keys import KeyRejected, VerifyKey, is_valid_id
 from .keystore import KEY_SUFFIX, MAX_KEYS_PER_PROJECT, KeyStore, is_candidate, read_key_file
 
 __all__ = [
@@ -69,9 +69,9 @@ class KeyRow:
 
 
 def check_project(project: str) -> str:
-    """A project id usable as one directory name of the keys directory."""
-    if not project or "/" in project or "\0" in project or project.startswith("."):
-        raise AdminError(f"invalid project id {project!r} (one path segment, not starting with .)")
+    """A project id as the contract defines it (the gate denies any other)."""
+    if not is_valid_id(project):
+        raise AdminError(f"invalid project id {project!r} (1 to 128 of A-Z a-z 0-9 _ -)")
     return project
 
 
@@ -151,7 +151,9 @@ def key_rows(store: KeyStore, project: str) -> list[KeyRow]:
     """Every key file of a project, oldest first, with the loader's verdict on each."""
     directory = store.keys_dir / project
     with _project_lock(directory, exclusive=False), keystore_warnings():
-        active = store.reload([project]).keys_for(project) or {}
+        entry = store.reload([project]).projects.get(project)
+        active = {} if entry is None else entry.keys
+        refused = {} if entry is None else dict(entry.refused)
         rows = []
         for file_name, mtime_ns, mode, size in _key_files(directory):
             kid = file_name.removesuffix(KEY_SUFFIX)
@@ -159,8 +161,8 @@ def key_rows(store: KeyStore, project: str) -> list[KeyRow]:
             if added is None and mtime_ns:
                 added = dt.datetime.fromtimestamp(mtime_ns // 1_000_000_000, dt.UTC)
             key = active.get(kid)
-            reason = None
-            if key is None:
+            reason = refused.get(file_name)
+            if key is None and reason is None:  # put there by hand since the load
                 try:
                     read_key_file(directory / file_name, kid, mode, size)
                     reason = f"over the limit of {store.max_keys} keys (the oldest stay active)"
@@ -172,7 +174,8 @@ def key_rows(store: KeyStore, project: str) -> list[KeyRow]:
 
 @contextlib.contextmanager
 def keystore_warnings() -> Iterator[list[str]]:
-    """Collect the loader's warnings (refused files) instead of logging them."""
+    """Collect the loader's warnings instead of logging them. Refused key files are not
+    among them: they are data, :attr:`~authz_server.keystore.ProjectKeys.refused`."""
     logger = logging.getLogger("authz_server.keystore")
     messages: list[str] = []
     handler = _Collector(messages)
@@ -192,7 +195,8 @@ class _Collector(logging.Handler):
         self.messages = messages
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if getattr(record, "event", None) != "keys_refused":
+            self.messages.append(record.getMessage())
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int) -> None:

@@ -8,6 +8,7 @@ RS256 only, P-256 keys ES256 only, whatever a token's header claims.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
@@ -26,6 +27,7 @@ __all__ = [
     "PublicKey",
     "VerifyKey",
     "has_roca_fingerprint",
+    "is_valid_id",
     "parse_public_key",
 ]
 
@@ -40,6 +42,17 @@ MAX_RSA_BITS: Final = 8192
 MAX_RSA_EXPONENT: Final = 2**32
 # A PEM of an 8192-bit RSA key is about 1.5 KiB; anything far larger is not a key.
 MAX_KEY_FILE_BYTES: Final = 64 * 1024
+
+# Project ids and key ids (docs/contract.md). Both travel in URL paths, headers and logs,
+# so they are kept to characters that every parser reads the same way: no ';', '%',
+# '.', spaces or anything that an upstream could strip, decode or trim into another id.
+_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def is_valid_id(name: str) -> bool:
+    """Whether ``name`` may be a project id or a key id: 1 to 128 of ``A-Za-z0-9_-``."""
+    return _ID.fullmatch(name) is not None
+
 
 # Order of the P-256 group: ES256's r and s must lie in [1, n-1] (RFC 7518 3.4).
 _P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551

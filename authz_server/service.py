@@ -7,18 +7,19 @@ It never raises: anything unexpected becomes a denial (the gate fails closed).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from concurrent import futures
+from collections.abc import Callable, Coroutine
 from time import perf_counter
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import grpc
 from google.rpc import code_pb2, status_pb2
+from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,9 +30,18 @@ from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
 from .keystore import Snapshot
 from .logtext import printable
 from .metrics import CheckMetrics
-from .verifier import Allowed, Decision, Denied, Policy, Reason, bearer_token
+from .verifier import (
+    Allowed,
+    Decision,
+    Denied,
+    Policy,
+    Reason,
+    bearer_token,
+    project_id_denial,
+)
 
 __all__ = [
+    "AUTHZ_PROJECT_HEADER",
     "JWT_KID_HEADER",
     "SERVICE_NAME",
     "AuthorizationService",
@@ -42,26 +52,47 @@ __all__ = [
 
 SERVICE_NAME: Final = "envoy.service.auth.v3.Authorization"
 JWT_KID_HEADER: Final = "x-jwt-kid"
+AUTHZ_PROJECT_HEADER: Final = "x-authz-project"
 JSON_RPC_UNAUTHORIZED: Final = -32013
 
 log = logging.getLogger("authz_server.service")
 
 _OK_STATUS: Final = status_pb2.Status(code=code_pb2.OK)
 _FORBIDDEN: Final = http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden)
-_JSON_CONTENT_TYPE: Final = base_pb2.HeaderValueOption(
-    header=base_pb2.HeaderValue(key="content-type", value="application/json"),
-    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-)
-# A project without keys passes untouched, except that a client may not forge the
-# header upstream services trust to say which key signed the request.
-_OPEN_PROJECT_RESPONSE: Final = external_auth_pb2.CheckResponse(
-    status=_OK_STATUS,
-    ok_response=external_auth_pb2.OkHttpResponse(headers_to_remove=[JWT_KID_HEADER]),
-).SerializeToString()
+
+
+def _set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    """``name: value`` replacing every copy the client sent."""
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+_JSON_CONTENT_TYPE: Final = _set_header("content-type", "application/json")
+
+
+def _aliases(header: str) -> tuple[str, ...]:
+    """``header`` spelled with some of its '-' as '_': CGI and WSGI servers read every
+    spelling as one name (``HTTP_X_JWT_KID``), so a client copy of any is a forgery."""
+    parts = header.split("-")
+    spellings = [parts[0]]
+    for part in parts[1:]:
+        spellings = [f"{head}{sep}{part}" for head in spellings for sep in "-_"]
+    return tuple(name for name in spellings if name != header)
+
+
+# The headers the gate sets on allowed requests replace every client copy of their own name
+# (Envoy's header names are case-insensitive, so case variants too); these other spellings
+# an upstream could take for them are removed. They are only removed, never set: whether
+# Envoy applies removals before or after additions is then of no consequence.
+_FORGED_ALIASES: Final = (*_aliases(JWT_KID_HEADER), *_aliases(AUTHZ_PROJECT_HEADER))
 # Before the first complete scan of the keys directory, every request is denied.
 _NOT_READY: Final = Denied(Reason.NOT_READY)
 # Cap on each table of pre-encoded responses (a safety net; real sizes are far lower).
 _MAX_ENCODED: Final = 100_000
+# The longest project text a denial body repeats: no valid id is longer.
+_MAX_SHOWN_PROJECT: Final = 128
 
 
 def project_of(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -105,8 +136,11 @@ class AuthorizationService:
         self._observe = self.metrics.duration.observe
         self._clock = clock
         self.verifier = CachingVerifier(policy, max_entries=cache_size)
-        self._remove_on_allow = () if forward_jwt else ("authorization",)
-        self._allow_bytes: dict[str, bytes] = {}
+        # A project without keys passes untouched: its Authorization header stays, and no
+        # key signed it, so a client's x-jwt-kid goes.
+        self._remove_on_open = (JWT_KID_HEADER, *_FORGED_ALIASES)
+        self._remove_on_allow = (*_FORGED_ALIASES, *(() if forward_jwt else ("authorization",)))
+        self._allow_bytes: dict[tuple[str, str | None], bytes] = {}
         self._deny_bytes: dict[tuple[Reason, str], bytes] = {}
 
     def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
@@ -123,22 +157,25 @@ class AuthorizationService:
         try:
             attributes = request.attributes
             project = project_of(attributes)
-            token = bearer_token(attributes.request.http.headers.get("authorization"))
-            snapshot = self._snapshot()
-            keys = snapshot.keys_for(project)
-            protected = keys is not None
-            decision: Decision = (
-                self.verifier.decide(project, token, keys, self._clock())
-                if snapshot.complete
-                else _NOT_READY
-            )
+            invalid = project_id_denial(project)
+            decision: Decision
+            if invalid is not None:
+                decision = Denied(invalid)
+            else:
+                token = bearer_token(attributes.request.http.headers.get("authorization"))
+                snapshot = self._snapshot()
+                keys = snapshot.keys_for(project)
+                protected = keys is not None
+                decision = (
+                    self.verifier.decide(project, token, keys, self._clock())
+                    if snapshot.complete
+                    else _NOT_READY
+                )
             if isinstance(decision, Allowed):
-                kid = decision.kid
-                if kid is None:
-                    response = _OPEN_PROJECT_RESPONSE
+                response = self._allowed(project, decision.kid)
+                if decision.kid is None:
                     self._allowed_no_jwt.inc()
                 else:
-                    response = self._allowed(kid)
                     self._allowed_valid.inc()
                 self._observe(perf_counter() - start)
                 return response
@@ -174,24 +211,27 @@ class AuthorizationService:
         self._observe(perf_counter() - start)
         return response
 
-    def _allowed(self, kid: str | None) -> bytes:
-        if kid is None:
-            return _OPEN_PROJECT_RESPONSE
-        encoded = self._allow_bytes.get(kid)
+    def _allowed(self, project: str, kid: str | None) -> bytes:
+        """The upstream learns the project the gate decided on, and the key that signed;
+        ``kid`` is None for a project without keys."""
+        encoded = self._allow_bytes.get((project, kid))
         if encoded is None:
-            kid_header = base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=JWT_KID_HEADER, value=kid),
-                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-            )
+            headers = [_set_header(AUTHZ_PROJECT_HEADER, project)]
+            if kid is not None:
+                headers.append(_set_header(JWT_KID_HEADER, kid))
             encoded = external_auth_pb2.CheckResponse(
                 status=_OK_STATUS,
                 ok_response=external_auth_pb2.OkHttpResponse(
-                    headers=[kid_header], headers_to_remove=self._remove_on_allow
+                    headers=headers,
+                    headers_to_remove=(
+                        self._remove_on_open if kid is None else self._remove_on_allow
+                    ),
                 ),
             ).SerializeToString()
-            # Bounded by the registered kids: only a verified token reaches here.
+            # Verified kids are bounded by the registered keys; open projects are named by
+            # clients, so the table stops growing at the cap and the rest are built each time.
             if len(self._allow_bytes) < _MAX_ENCODED:
-                self._allow_bytes[kid] = encoded
+                self._allow_bytes[(project, kid)] = encoded
         return encoded
 
     def _denied(self, reason: Reason, project: str, *, cacheable: bool) -> bytes:
@@ -202,7 +242,7 @@ class AuthorizationService:
                 denied_response=external_auth_pb2.DeniedHttpResponse(
                     status=_FORBIDDEN,
                     headers=[_JSON_CONTENT_TYPE],
-                    body=deny_body(reason, project),
+                    body=deny_body(reason, project[:_MAX_SHOWN_PROJECT]),
                 ),
             ).SerializeToString()
             # Only projects with keys: their number is bounded, a client's paths are not.
@@ -224,37 +264,113 @@ def _already_encoded(response: bytes) -> bytes:
     return response
 
 
+_T = TypeVar("_T")
+
+# gRPC channel arguments of the server. gRPC has no per-call deadline for receiving a
+# request: a stalled call lives as long as its connection, so the connection's life is
+# what these bound.
+_SERVER_OPTIONS: Final = (
+    # No SO_REUSEPORT (gRPC's default on Linux): a second server started by mistake on the
+    # same port must fail, not silently take half of the connections.
+    ("grpc.so_reuseport", 0),
+    # Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
+    # Envoy opens another connection when it needs more.
+    ("grpc.max_concurrent_streams", 100),
+    # A quiet connection is pinged every minute and closed, with its calls, when the ping
+    # goes unanswered for 20 s: a vanished client leaves nothing behind.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    # A connection without calls for 5 minutes is closed (GOAWAY; clients reconnect).
+    ("grpc.max_connection_idle_ms", 300_000),
+    # Every connection is renewed after about 5 minutes (GOAWAY, after which its calls have
+    # 30 s to finish): the longest a call that never completes can hold anything.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+    # A connection must complete the HTTP/2 preface and SETTINGS within 10 s.
+    ("grpc.server_handshake_timeout_ms", 10_000),
+)
+
+
+def _check_handler(
+    service: AuthorizationService,
+) -> grpc.GenericRpcHandler[external_auth_pb2.CheckRequest, bytes]:
+    """``Check`` as a coroutine for the asyncio server."""
+
+    async def check(request: external_auth_pb2.CheckRequest, context: object) -> bytes:
+        # Pure, fast and never raises: it runs right on the loop, with no thread hop.
+        return service.check_serialized(request)
+
+    method = grpc.unary_unary_rpc_method_handler(
+        check,
+        request_deserializer=external_auth_pb2.CheckRequest.FromString,
+        response_serializer=_already_encoded,
+    )
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Check": method})
+
+
 class GateServer:
-    """A gRPC server with the Check, health and reflection services on one address."""
+    """The Check, health and reflection services on one address, behind a blocking API.
+
+    The server is gRPC's asyncio server, run on an event loop in a thread of its own. A
+    call waiting for its request costs a coroutine, not a thread: clients that open calls
+    and never finish them (HTTP/2 streams with no DATA, or half a message) cannot take
+    what other calls need, as they took every worker thread of the thread-pool server
+    this replaced. ``threads`` is accepted for compatibility and ignored (deprecated).
+    """
 
     def __init__(
         self,
         service: AuthorizationService,
         listen: str,
         *,
-        threads: int = 16,
+        threads: int | None = None,
     ) -> None:
-        # No SO_REUSEPORT (gRPC's default on Linux): a second server started by mistake
-        # on the same port must fail, not silently take half of the connections.
-        options = [("grpc.so_reuseport", 0)]
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
-        self._server.add_generic_rpc_handlers((service.handler(),))
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        del threads  # deprecated: no call takes a thread any more
+        self.listen = listen
+        # The asyncio health servicer (``health.aio`` is public; mypy sees no re-export).
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health_lock = threading.Lock()
+        self._draining = False
+        self._stopped = False
+        self._terminated = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="grpc-server", daemon=True
+        )
+        self._loop_thread.start()
+        try:
+            self._server, self.port = self._run(self._bind(service, listen))
+        except BaseException:
+            self._close_loop()
+            raise
+
+    async def _bind(self, service: AuthorizationService, listen: str) -> tuple[aio.Server, int]:
+        server = aio.server(options=_SERVER_OPTIONS)
+        server.add_generic_rpc_handlers((_check_handler(service),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            self._server,
+            server,
         )
-        self.port = self._server.add_insecure_port(listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {listen}")
-        self.listen = listen
-        self._health_lock = threading.Lock()
-        self._draining = False
+        try:
+            port = server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            await server.stop(None)
+            raise OSError(f"cannot listen on {listen}") from exc
+        return server, port
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coroutine`` on the server's loop; its result, once it has one."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()
 
     @property
     def address(self) -> str:
@@ -266,7 +382,7 @@ class GateServer:
         """Start answering; health says SERVING only when ``serving`` (else NOT_SERVING
         until :meth:`set_serving`)."""
         self.set_serving(serving)
-        self._server.start()
+        self._run(self._server.start())
 
     def set_serving(self, serving: bool) -> bool:
         """Health SERVING or NOT_SERVING; once draining, only NOT_SERVING (False when
@@ -279,9 +395,13 @@ class GateServer:
         with self._health_lock:
             if serving and self._draining:
                 return False  # e.g. the first key load completing after a stop signal
-            for name in ("", SERVICE_NAME):
-                self.health.set(name, status)
+            if not self._stopped:  # a stopped server answers nothing, health included
+                self._run(self._set_health(status))
         return True
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
 
     def begin_drain(self) -> None:
         """Health NOT_SERVING for good, while Check keeps answering: health-checking
@@ -293,7 +413,17 @@ class GateServer:
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop taking calls, let the ones in flight finish within ``grace``."""
         self.begin_drain()
-        self._server.stop(grace).wait()
+        with self._health_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            self._run(self._server.stop(grace))
+        finally:
+            self._close_loop()
+            self._terminated.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return bool(self._server.wait_for_termination(timeout))
+        """Block until the server has stopped; True if ``timeout`` came first (as gRPC's
+        ``wait_for_termination``)."""
+        return not self._terminated.wait(timeout)

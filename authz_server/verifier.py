@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from .keys import VerifyKey
+from .keys import VerifyKey, is_valid_id
 
 __all__ = [
     "MAX_TOKEN_LENGTH",
@@ -31,6 +31,7 @@ __all__ = [
     "check_claims",
     "check_times",
     "decide",
+    "project_id_denial",
 ]
 
 MAX_TOKEN_LENGTH: Final = 8 * 1024
@@ -40,6 +41,7 @@ SUPPORTED_ALGORITHMS: Final = ("RS256", "ES256")
 class Reason(enum.Enum):
     """Why a request is denied; each value is the exact message clients receive."""
 
+    INVALID_PROJECT_ID = "invalid project id"
     MISSING_TOKEN = "missing JWT token"  # noqa: S105 - a message, not a secret
     MALFORMED = "invalid JWT token (malformatted token)"
     UNSUPPORTED_ALGORITHM = "invalid JWT token (unsupported algorithm)"
@@ -67,6 +69,7 @@ class Reason(enum.Enum):
 
 # The rows of the contract's decision table, in order (the other reasons are the service's).
 TABLE_REASONS: Final[tuple[Reason, ...]] = (
+    Reason.INVALID_PROJECT_ID,
     Reason.MISSING_TOKEN,
     Reason.MALFORMED,
     Reason.UNSUPPORTED_ALGORITHM,
@@ -131,13 +134,24 @@ def bearer_token(authorization: str | None) -> str | None:
     return authorization[match.end() :] or None
 
 
+def project_id_denial(project: str) -> Reason | None:
+    """Row 0, before any other: the project the request names must be a valid id.
+
+    A segment like ``P1;x`` or ``P1%20`` is no project of the gate's, yet an upstream that
+    strips, decodes or trims paths may read it as ``P1``: it is denied, never treated as
+    an unknown (open) project.
+    """
+    return None if is_valid_id(project) else Reason.INVALID_PROJECT_ID
+
+
 def decide(
     token: str | None,
     keys: Mapping[str, VerifyKey] | None,
     policy: Policy,
     now: float,
 ) -> Decision:
-    """Decide one request. ``keys`` is None when the project has no key directory."""
+    """Rows 1 to 9 for a request whose project passed :func:`project_id_denial`. ``keys`` is
+    None when the project has no key directory."""
     if keys is None:
         return Allowed(kid=None)
     if token is None:

@@ -26,6 +26,11 @@ from authz_server.verifier import Policy, Reason
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 KID = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
 NOW = 1_700_000_000.0
+# Every other spelling of the gate's headers that a CGI/WSGI upstream reads as the same name.
+FORGED_ALIASES = {
+    "x_jwt_kid", "x-jwt_kid", "x_jwt-kid",
+    "x_authz_project", "x-authz_project", "x_authz-project",
+}  # fmt: skip
 
 
 class Gate:
@@ -109,9 +114,12 @@ def test_a_valid_token_is_allowed_with_its_kid_and_without_the_authorization_hea
     response = gate.check(headers=bearer(mint(ec_key, KID, {"exp": NOW + 60})))
     assert response.status.code == code_pb2.OK
     ok = response.ok_response
-    assert [(h.header.key, h.header.value) for h in ok.headers] == [("x-jwt-kid", KID)]
-    assert ok.headers[0].append_action == ok.headers[0].OVERWRITE_IF_EXISTS_OR_ADD
-    assert list(ok.headers_to_remove) == ["authorization"]
+    assert [(h.header.key, h.header.value) for h in ok.headers] == [
+        ("x-authz-project", PROJECT),
+        ("x-jwt-kid", KID),
+    ]
+    assert {h.append_action for h in ok.headers} == {ok.headers[0].OVERWRITE_IF_EXISTS_OR_ADD}
+    assert set(ok.headers_to_remove) == {"authorization", *FORGED_ALIASES}
 
 
 def test_forward_jwt_keeps_the_authorization_header(tmp_path: Path, ec_key: PrivateKey) -> None:
@@ -120,19 +128,67 @@ def test_forward_jwt_keeps_the_authorization_header(tmp_path: Path, ec_key: Priv
         g.add_key(PROJECT, KID, ec_key)
         response = g.check(headers=bearer(mint(ec_key, KID, {})))
         assert response.status.code == code_pb2.OK
-        assert list(response.ok_response.headers_to_remove) == []
+        assert set(response.ok_response.headers_to_remove) == FORGED_ALIASES
     finally:
         g.close()
 
 
-def test_a_project_without_keys_passes_untouched_but_cannot_forge_the_kid_header(
+def test_a_project_without_keys_passes_untouched_but_cannot_forge_the_gates_headers(
     gate: Gate,
 ) -> None:
     for headers in ({}, {"authorization": "Bearer whatever"}, {"x-jwt-kid": "forged"}):
         response = gate.check(path="/eth/open-project", headers=headers)
         assert response.status.code == code_pb2.OK
-        assert list(response.ok_response.headers) == []
-        assert list(response.ok_response.headers_to_remove) == ["x-jwt-kid"]
+        ok = response.ok_response
+        assert [(h.header.key, h.header.value) for h in ok.headers] == [
+            ("x-authz-project", "open-project")
+        ]
+        assert ok.headers[0].append_action == ok.headers[0].OVERWRITE_IF_EXISTS_OR_ADD
+        assert set(ok.headers_to_remove) == {"x-jwt-kid", *FORGED_ALIASES}
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        f"{PROJECT};x",
+        f"{PROJECT};",
+        f"{PROJECT}%20",
+        f"{PROJECT}%09",
+        f"{PROJECT}%3Fx",
+        f"{PROJECT}%23",
+        f"{PROJECT}.",
+        "a b",
+        "x" * 129,
+        "p\u00e9",
+    ],
+    ids=["semicolon-x", "semicolon", "pct20", "pct09", "pct3f", "pct23", "dot", "space",
+         "129-chars", "non-ascii"],
+)  # fmt: skip
+def test_a_path_segment_that_is_no_valid_project_id_is_denied_before_any_other_check(
+    gate: Gate, ec_key: PrivateKey, segment: str
+) -> None:
+    """Even with a valid token of the keyed project it resembles, and with no token."""
+    for headers in ({}, bearer(mint(ec_key, KID, {}))):
+        body = denial(gate.check(path=f"/eth/{segment}", headers=headers))
+        assert body == {"code": -32013, "message": "invalid project id", "project": segment[:128]}
+
+
+@pytest.mark.parametrize("path", ["/", "", "//"])
+def test_a_path_without_any_segment_names_no_project_and_is_denied(gate: Gate, path: str) -> None:
+    body = denial(gate.check(path=path))
+    assert body == {"code": -32013, "message": "invalid project id", "project": ""}
+
+
+def test_an_invalid_project_in_a_route_context_extension_is_denied(gate: Gate) -> None:
+    body = denial(gate.check(path=f"/eth/{PROJECT}", context={"project": "a;b"}))
+    assert body["message"] == "invalid project id"
+
+
+@pytest.mark.parametrize("project", ["a", "A-Z_0-9", "x" * 128], ids=["1", "charset", "128"])
+def test_valid_project_ids_at_the_edges_are_projects(gate: Gate, project: str) -> None:
+    response = gate.check(path=f"/eth/{project}")
+    assert response.status.code == code_pb2.OK
+    assert response.ok_response.headers[0].header.value == project
 
 
 @pytest.mark.parametrize(

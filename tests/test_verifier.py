@@ -19,6 +19,7 @@ from authz_server.verifier import (
     Reason,
     bearer_token,
     decide,
+    project_id_denial,
 )
 
 NOW = 1_700_000_000
@@ -42,6 +43,7 @@ def reason_of(token: str | None, keys: dict[str, VerifyKey], **policy: object) -
 
 def test_every_reason_carries_the_contracts_exact_message() -> None:
     assert {r.name: r.message for r in TABLE_REASONS} == {
+        "INVALID_PROJECT_ID": "invalid project id",
         "MISSING_TOKEN": "missing JWT token",
         "MALFORMED": "invalid JWT token (malformatted token)",
         "UNSUPPORTED_ALGORITHM": "invalid JWT token (unsupported algorithm)",
@@ -57,6 +59,24 @@ def test_every_reason_carries_the_contracts_exact_message() -> None:
 def test_the_service_adds_two_reasons_of_its_own_to_the_table() -> None:
     assert set(Reason) - set(TABLE_REASONS) == {Reason.INTERNAL_ERROR, Reason.NOT_READY}
     assert list(Reason)[: len(TABLE_REASONS)] == list(TABLE_REASONS)  # the table's order
+
+
+@pytest.mark.parametrize(
+    "project",
+    ["a", "Z", "0", "_", "-", "2a8428f5a79b09aadff75a745397cf6d2f59d51e", "A-z_9" * 25 + "abc"],
+)
+def test_row_0_accepts_1_to_128_of_the_id_alphabet(project: str) -> None:
+    assert project_id_denial(project) is None
+
+
+@pytest.mark.parametrize(
+    "project",
+    ["", "x" * 129, "P1;x", "P1;", "P1%20", "P1 ", " P1", "P1\t", "P1\n", "P1.", ".", "..",
+     "P1?x", "P1#", "P1/x", "P1:x", "P1@x", "P1+x", "P1=x", "P1~", "p\u00e9", "\u0661",
+     "P1\x00", "\uff21"],
+)  # fmt: skip
+def test_row_0_refuses_anything_else_as_an_invalid_project_id(project: str) -> None:
+    assert project_id_denial(project) is Reason.INVALID_PROJECT_ID
 
 
 def test_a_project_without_keys_lets_everything_through(signer: PrivateKey) -> None:
