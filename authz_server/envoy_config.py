@@ -63,14 +63,21 @@ with warnings.catch_warnings():
         DataSource,
         GrpcService,
         GrpcServiceEnvoyGrpc,
+        HeaderValue,
+        HeaderValueOption,
+        HeaderValueOptionHeaderAppendAction,
         HealthCheck,
         HealthCheckGrpcHealthCheck,
         Http1ProtocolOptions,
         Http2ProtocolOptions,
+        HttpProtocolOptionsHeadersWithUnderscoresAction,
         RetryPolicy,
         RetryPolicyRetryHostPredicate,
         SocketAddress,
         SubstitutionFormatString,
+    )
+    from envoy_data_plane.envoy.config.core.v3 import (
+        HttpProtocolOptions as DownstreamHttpProtocolOptions,
     )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
@@ -80,6 +87,7 @@ with warnings.catch_warnings():
     from envoy_data_plane.envoy.config.endpoint.v3 import Endpoint as EnvoyEndpoint
     from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
     from envoy_data_plane.envoy.config.route.v3 import (
+        DirectResponseAction,
         Route,
         RouteAction,
         RouteConfiguration,
@@ -108,6 +116,7 @@ with warnings.catch_warnings():
         HttpProtocolOptions,
         HttpProtocolOptionsExplicitHttpConfig,
     )
+    from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher
     from envoy_data_plane.envoy.type.v3 import Percent
     from envoy_data_plane.google.protobuf import Any as AnyMessage
 
@@ -146,6 +155,15 @@ PROJECT_CONTEXT_KEY: Final = "project"
 _AUTHZ_ERROR_DETAIL: Final = "ext_authz_error"
 UNAVAILABLE_BODY: Final = json.dumps(
     {"code": -32013, "message": "authorization service unavailable", "project": ""}
+)
+# Paths whose last segment could be a project id (docs/contract.md: 1 to 128 of A-Za-z0-9_-;
+# the service checks the length, which would make the RE2 program too large for Envoy's
+# default limit). Matched against the normalized path without its query string.
+PROJECT_PATH_REGEX: Final = r".*/[A-Za-z0-9_-]+/?"
+# What Envoy itself answers for any other path, should the service ever let one through:
+# the upstream never sees a path that it could read as a different project than the gate.
+INVALID_PROJECT_BODY: Final = json.dumps(
+    {"code": -32013, "message": "invalid project id", "project": ""}
 )
 
 _PROTOCOL_OPTIONS: Final = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -351,6 +369,15 @@ def _listener(
         # The client's own address, not one it claims in X-Forwarded-For; and clients never
         # count as internal, so x-envoy-* request headers they send are not obeyed.
         use_remote_address=True,
+        # CGI and WSGI upstreams read `x_jwt_kid` as `x-jwt-kid` (both HTTP_X_JWT_KID): a
+        # header with an underscore could forge what the gate sets. Dropped rather than
+        # rejected: no JSON-RPC client needs one, and a client that sends one by habit still
+        # gets its answer instead of a 400.
+        common_http_protocol_options=DownstreamHttpProtocolOptions(
+            headers_with_underscores_action=(
+                HttpProtocolOptionsHeadersWithUnderscoresAction.DROP_HEADER
+            )
+        ),
     )
     return Listener(
         name="jsonrpc",
@@ -415,8 +442,25 @@ def _route_config(project_routes: Sequence[ProjectRoute]) -> RouteConfiguration:
     routes.append(
         Route(
             name="default",
-            match=RouteMatch(prefix="/"),
+            match=RouteMatch(safe_regex=RegexMatcher(regex=PROJECT_PATH_REGEX)),
             route=RouteAction(cluster=UPSTREAM_CLUSTER),
+        )
+    )
+    # The service denies such paths first (`invalid project id`); this route is the second
+    # lock, so that no path an upstream could parse differently ever reaches it.
+    routes.append(
+        Route(
+            name="invalid-project-id",
+            match=RouteMatch(prefix="/"),
+            direct_response=DirectResponseAction(
+                status=403, body=DataSource(inline_string=INVALID_PROJECT_BODY)
+            ),
+            response_headers_to_add=[
+                HeaderValueOption(
+                    header=HeaderValue(key="content-type", value="application/json"),
+                    append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            ],
         )
     )
     return RouteConfiguration(

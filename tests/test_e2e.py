@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import grpc
 import pytest
 from authz_process import AuthzProcess
+from google.rpc import code_pb2, status_pb2
 from support import wait_for
 
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.demo_upstream import JsonRpcNode
 from authz_server.envoy_config import Endpoint, ProjectRoute, render
 from authz_server.envoy_process import EnvoyProcess
@@ -145,9 +152,12 @@ def _row_tokens(key: PrivateKey, other: PrivateKey) -> dict[Reason, str | None]:
 def test_each_row_of_the_table_reaches_the_client_as_403_json(
     stack: Stack, ec_key: PrivateKey, other_ec_key: PrivateKey, reason: Reason
 ) -> None:
-    token = _row_tokens(ec_key, other_ec_key)[reason]
     before = len(stack.node.requests)
-    _denied(stack.post(f"/eth/{PROJECT}", token), reason)
+    if reason is Reason.INVALID_PROJECT_ID:  # row 0 is about the path, not the token
+        _denied(stack.post(f"/eth/{PROJECT};x"), reason, project=f"{PROJECT};x")
+    else:
+        token = _row_tokens(ec_key, other_ec_key)[reason]
+        _denied(stack.post(f"/eth/{PROJECT}", token), reason)
     assert len(stack.node.requests) == before  # nothing reached the node
 
 
@@ -167,3 +177,162 @@ def test_a_key_dropped_in_is_accepted_within_a_second_and_deleting_it_revokes(
     path.unlink()
     wait_for(lambda: stack.post(f"/eth/{PROJECT}", token).status == 403, timeout=1.0)
     _denied(stack.post(f"/eth/{PROJECT}", token), Reason.UNKNOWN_KEY_ID)
+
+
+# -- the project a request is for, as the gate and the upstream read it ----------------------
+
+# Each reached the node with 200 before: the gate saw an unknown (open) project, while common
+# upstream parsers (urlparse, servlet ';' stripping, decode-then-trim) read them as PROJECT.
+TRICK_SEGMENTS = [";x", ";", "%20", "%09", "%3Fx", "%23", "%2e", "."]
+
+
+@pytest.mark.parametrize("suffix", TRICK_SEGMENTS)
+def test_a_path_an_upstream_could_read_as_a_keyed_project_is_denied_and_never_forwarded(
+    stack: Stack, ec_key: PrivateKey, suffix: str
+) -> None:
+    before = len(stack.node.requests)
+    for token in (None, mint(ec_key, KID, {})):
+        reply = stack.post(f"/eth/{PROJECT}{suffix}", token)
+        assert reply.status == 403
+        assert reply.content_type == "application/json"
+        assert reply.body["code"] == -32013
+        assert reply.body["message"] == "invalid project id"
+    assert len(stack.node.requests) == before
+
+
+def test_the_upstream_is_told_the_project_and_no_client_copy_of_the_gates_headers_survives(
+    stack: Stack, ec_key: PrivateKey
+) -> None:
+    forged = {
+        "X-Authz-Project": "evil",
+        "x_authz_project": "evil",
+        "X-JWT-KID": "forged",
+        "x_jwt_kid": "forged",
+        "x-jwt_kid": "forged",
+    }
+    assert stack.post(f"/eth/{PROJECT}", mint(ec_key, KID, {}), **forged).status == 200
+    seen = stack.node.requests[-1]
+    assert seen["x-authz-project"] == PROJECT
+    assert seen["x-jwt-kid"] == KID
+    assert not [name for name in seen if "_" in name]
+
+    assert stack.post("/eth/open-project", **forged).status == 200
+    seen = stack.node.requests[-1]
+    assert seen["x-authz-project"] == "open-project"
+    assert "x-jwt-kid" not in seen
+    assert not [name for name in seen if "_" in name]
+
+    assert stack.post("/v1/mainnet/extra", mint(ec_key, KID, {}), **forged).status == 200
+    assert stack.node.requests[-1]["x-authz-project"] == ROUTED
+
+
+class _WsgiUpstream:
+    """A WSGI app on wsgiref, which reads `x_jwt_kid` and `x-jwt-kid` as one HTTP_X_JWT_KID."""
+
+    def __init__(self) -> None:
+        self.environs: list[dict[str, str]] = []
+        self.server = make_server("127.0.0.1", 0, self.app, handler_class=_QuietHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.environs.append({k: v for k, v in environ.items() if k.startswith("HTTP_X_")})
+        start_response("200 OK", [("content-type", "application/json")])
+        return [b'{"jsonrpc": "2.0", "id": 1, "result": "0x1"}']
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def wsgi_gate(stack: Stack) -> Iterator[tuple[_WsgiUpstream, EnvoyProcess]]:
+    upstream = _WsgiUpstream()
+    upstream.thread.start()
+    config = render(
+        listen=Endpoint("127.0.0.1", 0),
+        authz=Endpoint("127.0.0.1", stack.authz.port),
+        upstream=Endpoint("127.0.0.1", upstream.server.server_address[1]),
+        admin=Endpoint("127.0.0.1", 0),
+    )
+    try:
+        with EnvoyProcess(config) as envoy:
+            yield upstream, envoy
+    finally:
+        upstream.server.shutdown()
+        upstream.server.server_close()
+
+
+@pytest.mark.parametrize("spelling", ["x_jwt_kid", "x-jwt_kid", "x_jwt-kid"])
+def test_a_wsgi_upstream_sees_only_the_gates_kid_and_project(
+    wsgi_gate: tuple[_WsgiUpstream, EnvoyProcess], ec_key: PrivateKey, spelling: str
+) -> None:
+    upstream, envoy = wsgi_gate
+    spoofed = {spelling: "forged", spelling.replace("jwt", "authz").replace("kid", "project"): "x"}
+    headers = {"authorization": f"Bearer {mint(ec_key, KID, {})}", **spoofed}
+    assert _post(envoy.url + f"/eth/{PROJECT}", headers) == 200
+    assert upstream.environs[-1]["HTTP_X_JWT_KID"] == KID
+    assert upstream.environs[-1]["HTTP_X_AUTHZ_PROJECT"] == PROJECT
+    assert _post(envoy.url + "/eth/open-project", spoofed) == 200
+    assert "HTTP_X_JWT_KID" not in upstream.environs[-1]
+    assert upstream.environs[-1]["HTTP_X_AUTHZ_PROJECT"] == "open-project"
+
+
+def _post(url: str, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=json.dumps(RPC).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+class _AllowEverything:
+    """An authorizer that allows every Check: what a faulty service would do."""
+
+    def __enter__(self) -> _AllowEverything:
+        allow = external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK)
+        ).SerializeToString()
+        handler = grpc.method_handlers_generic_handler(
+            "envoy.service.auth.v3.Authorization",
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    lambda _request, _context: allow,
+                    request_deserializer=bytes,
+                    response_serializer=bytes,
+                )
+            },
+        )
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(0)
+
+
+def test_the_rendered_routes_keep_such_paths_from_the_upstream_even_if_the_service_allowed_them(
+    ec_key: PrivateKey,
+) -> None:
+    with JsonRpcNode() as node, _AllowEverything() as authz:
+        config = render(
+            listen=Endpoint("127.0.0.1", 0),
+            authz=Endpoint("127.0.0.1", authz.port),
+            upstream=Endpoint("127.0.0.1", node.port),
+            admin=Endpoint("127.0.0.1", 0),
+        )
+        with EnvoyProcess(config) as envoy:
+            stack = Stack(Path(), node, None, envoy)  # type: ignore[arg-type]
+            for suffix in TRICK_SEGMENTS:
+                reply = stack.post(f"/eth/{PROJECT}{suffix}")
+                assert reply.status == 403, suffix
+                assert reply.content_type == "application/json"
+                assert reply.body["message"] == "invalid project id"
+                assert reply.body["code"] == -32013
+            assert node.requests == []
+            assert stack.post(f"/eth/{PROJECT}").status == 200
+            assert stack.post(f"/eth/{PROJECT}/?a=b;c").status == 200
+            assert len(node.requests) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,6 +44,25 @@ EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
 UNAVAILABLE = {"code": -32013, "message": "authorization service unavailable", "project": ""}
 MAINNET = ProjectRoute("/v1/mainnet/", "demo-mainnet")
+# Paths that may end in a project id go upstream; all others stop at Envoy, 403 as the gate
+# answers them (spelled out here rather than taken from the module under test).
+PROJECT_PATH_MATCH = {"safe_regex": {"regex": ".*/[A-Za-z0-9_-]+/?"}}
+INVALID_PROJECT_ROUTE = {
+    "name": "invalid-project-id",
+    "match": {"prefix": "/"},
+    "direct_response": {
+        "status": 403,
+        "body": {
+            "inline_string": '{"code": -32013, "message": "invalid project id", "project": ""}'
+        },
+    },
+    "response_headers_to_add": [
+        {
+            "header": {"key": "content-type", "value": "application/json"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+    ],
+}
 TYPED_FIELDS = ("typed_config", "typed_per_filter_config", "typed_extension_protocol_options")
 
 
@@ -146,7 +166,7 @@ def test_ext_authz_fails_closed_over_grpc_v3_with_the_configured_timeout() -> No
 
 
 def test_a_project_route_names_its_project_in_the_context_extensions() -> None:
-    first, catch_all = routes(rendering(project_routes=[MAINNET]))
+    first, by_path, catch_all = routes(rendering(project_routes=[MAINNET]))
     assert first["match"] == {"prefix": "/v1/mainnet/"}
     assert first["route"] == {"cluster": "upstream"}
     assert first["typed_per_filter_config"] == {
@@ -155,21 +175,57 @@ def test_a_project_route_names_its_project_in_the_context_extensions() -> None:
             "check_settings": {"context_extensions": {"project": "demo-mainnet"}},
         }
     }
-    assert catch_all["match"] == {"prefix": "/"}
-    assert "typed_per_filter_config" not in catch_all
+    assert by_path["match"] == PROJECT_PATH_MATCH
+    assert "typed_per_filter_config" not in by_path
+    assert catch_all == INVALID_PROJECT_ROUTE
 
 
 def test_project_routes_keep_their_order_before_the_catch_all() -> None:
     given = [ProjectRoute("/a/b/", "ab"), ProjectRoute("/a/", "a")]
-    assert [r["match"]["prefix"] for r in routes(rendering(project_routes=given))] == [
-        "/a/b/",
-        "/a/",
-        "/",
+    assert [r["match"] for r in routes(rendering(project_routes=given))] == [
+        {"prefix": "/a/b/"},
+        {"prefix": "/a/"},
+        PROJECT_PATH_MATCH,
+        {"prefix": "/"},
     ]
 
 
-def test_without_project_routes_there_is_only_the_catch_all() -> None:
-    assert [r["match"] for r in routes(rendering())] == [{"prefix": "/"}]
+def test_without_project_routes_the_path_names_the_project_and_other_paths_stop_at_envoy() -> None:
+    by_path, catch_all = routes(rendering())
+    assert by_path == {
+        "name": "default",
+        "match": PROJECT_PATH_MATCH,
+        "route": {"cluster": "upstream"},
+    }
+    assert catch_all == INVALID_PROJECT_ROUTE
+
+
+@pytest.mark.parametrize(
+    ("path", "forwarded"),
+    [
+        ("/eth/2a8428f5a79b09aadff75a745397cf6d2f59d51e", True),
+        ("/2a8428f5a79b09aadff75a745397cf6d2f59d51e/", True),
+        ("/a/b/c_d-E", True),
+        ("/eth/P1;x", False),
+        ("/eth/P1%20", False),
+        ("/eth/P1.", False),
+        ("/eth/P1%3Fx", False),
+        ("/", False),
+        ("/eth/p\u00e9", False),
+    ],
+)
+def test_the_path_route_forwards_only_paths_ending_in_a_possible_project_id(
+    path: str, forwarded: bool
+) -> None:
+    """Envoy matches safe_regex against the whole path (RE2 here has Python's syntax for it)."""
+    assert bool(re.fullmatch(PROJECT_PATH_MATCH["safe_regex"]["regex"], path)) is forwarded
+
+
+def test_underscored_request_headers_are_dropped_at_the_edge() -> None:
+    manager = connection_manager(rendering())
+    assert manager["common_http_protocol_options"] == {
+        "headers_with_underscores_action": "DROP_HEADER"
+    }
 
 
 def test_ip_literals_make_static_clusters_and_names_make_dns_clusters() -> None:
@@ -319,7 +375,7 @@ def test_the_checked_in_config_is_the_compose_topology() -> None:
         "address": "node",
         "port_value": 8545,
     }
-    assert [r["match"] for r in routes(config)] == [{"prefix": "/"}]
+    assert [r["match"] for r in routes(config)] == [PROJECT_PATH_MATCH, {"prefix": "/"}]
 
 
 def test_make_runs_config_is_all_on_loopback_at_the_demo_ports() -> None:
