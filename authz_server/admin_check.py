@@ -85,7 +85,8 @@ def _check(args: argparse.Namespace) -> int:
     policy = Policy(leeway=args.leeway, audience_suffix=args.audience_suffix)
     now = time.time() if args.now is None else float(args.now.at(time.time()))
     with keystore_warnings() as warnings:
-        keys = KeyStore(keys_dir).reload([project]).keys_for(project)
+        entry = KeyStore(keys_dir).reload([project]).projects.get(project)
+    keys = None if entry is None else entry.keys
     decision = decide(token, keys, policy, now)
     header, claims = peek(token) if token else (None, None)
 
@@ -126,6 +127,9 @@ def _check(args: argparse.Namespace) -> int:
         if body is not None:
             lines.append(("body", f"403 {body}"))
         say("".join(f"{label:<8}  {text}\n" for label, text in lines))
+    for name, reason in () if entry is None else entry.refused:
+        path = printable(str(keys_dir / project / name))
+        note(f"warning: refused key file {path}: {printable(reason)}")
     for warning in warnings:
         note(f"warning: {printable(warning)}")
     return 0 if isinstance(decision, Allowed) else 1

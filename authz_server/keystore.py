@@ -12,6 +12,9 @@ Failure rules (docs/contract.md, "Keys directory"):
   or, if it had none, denies every token (a storage fault never opens a project);
 - a project with candidate ``.pem`` files of which none loads denies every token:
   only a project without any key file is open.
+
+Refused files are data: :attr:`ProjectKeys.refused` lists each with its reason (for
+``keys list`` and ``keys check``), and a reload logs one summary line per project.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -52,8 +55,15 @@ _STEP_MS: Final = 20
 # The safety-net rescan runs at most once per this many of its own durations.
 _RESCAN_COST_FACTOR: Final = 20
 
+# A project's refusals are logged as one line: this many reasons, this many file names
+# per reason, then counts only. ``keys list`` shows every file.
+_LOGGED_REASONS: Final = 8
+_LOGGED_FILES_PER_REASON: Final = 3
+
 # (name, st_dev, st_ino, st_size, st_mtime_ns, st_mode); a dangling link is all zeros.
 _FileStat = tuple[str, int, int, int, int, int]
+# (file name, reason) of a candidate key file that is not active.
+Refusal = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,9 @@ class ProjectKeys:
 
     keys: Mapping[str, VerifyKey]
     fingerprint: tuple[_FileStat, ...] = field(repr=False)
+    # Every candidate file that is not active, with the reason: unreadable or not an
+    # acceptable key, in name order, then those past the key limit, oldest first.
+    refused: tuple[Refusal, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,47 +243,28 @@ class KeyStore:
                     extra={"event": "project_removed", "project": printable(project)},
                 )
             return None
-        return ProjectKeys(self._read_keys(directory, project, fingerprint), fingerprint)
+        keys, refused = self._read_keys(directory, project, fingerprint)
+        return ProjectKeys(keys, fingerprint, refused)
 
     def _read_keys(
         self, directory: Path, project: str, fingerprint: tuple[_FileStat, ...]
-    ) -> Mapping[str, VerifyKey]:
+    ) -> tuple[Mapping[str, VerifyKey], tuple[Refusal, ...]]:
         loaded: list[tuple[int, str, VerifyKey]] = []
+        refused: list[Refusal] = []
         for name, _dev, _ino, size, mtime_ns, mode in fingerprint:
-            path = directory / name
             kid = name[: -len(KEY_SUFFIX)]
             try:
-                key = read_key_file(path, kid, mode, size)
+                key = read_key_file(directory / name, kid, mode, size)
             except KeyRejected as exc:
-                self.keys_refused += 1
-                log.warning(
-                    "refused key file %s: %s",
-                    printable(path),
-                    exc,
-                    extra={
-                        "event": "key_refused",
-                        "project": printable(project),
-                        "kid": printable(kid),
-                        "reason": str(exc),
-                    },
-                )
+                refused.append((name, str(exc)))
                 continue
             loaded.append((mtime_ns, name, key))
         loaded.sort(key=lambda item: (item[0], item[1]))
-        for _mtime, name, key in loaded[self.max_keys :]:
-            self.keys_refused += 1
-            log.warning(
-                "refused key file %s: project %s already has %d keys (the oldest stay active)",
-                printable(directory / name),
-                printable(project),
-                self.max_keys,
-                extra={
-                    "event": "key_refused",
-                    "project": printable(project),
-                    "kid": printable(key.kid),
-                    "reason": "too_many_keys",
-                },
-            )
+        over_limit = f"over the limit of {self.max_keys} keys (the oldest stay active)"
+        refused.extend((name, over_limit) for _mtime, name, _key in loaded[self.max_keys :])
+        if refused:
+            self.keys_refused += len(refused)
+            _log_refusals(directory, project, refused)
         active = {key.kid: key for _mtime, _name, key in loaded[: self.max_keys]}
         log.info(
             "project %s: %d active key(s)",
@@ -282,7 +276,7 @@ class KeyStore:
                 "keys": len(active),
             },
         )
-        return MappingProxyType(active)
+        return MappingProxyType(active), tuple(refused)
 
     # -- watching --------------------------------------------------------------
 
@@ -358,6 +352,42 @@ class KeyStore:
                 "key reload failed; keeping the last good key set",
                 extra={"event": "reload_failed", "reason": type(exc).__name__},
             )
+
+
+def _log_refusals(directory: Path, project: str, refused: Sequence[Refusal]) -> None:
+    """One line for all of a project's refused files: the reasons, most frequent first,
+    each with its first few files and a count, so that a directory of 10,000 bad files
+    costs one line per reload, not 10,000 (``keys list`` shows every one)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in refused:
+        by_reason.setdefault(printable(reason), []).append(name)
+    ranked = sorted(by_reason.items(), key=lambda item: -len(item[1]))  # stable: ties keep order
+    shown = ranked[:_LOGGED_REASONS]
+    files = {reason: names[:_LOGGED_FILES_PER_REASON] for reason, names in shown}
+    parts = []
+    for reason, names in shown:
+        listed = ", ".join(printable(directory / name) for name in files[reason])
+        more = len(names) - len(files[reason])
+        parts.append(f"{reason}: {listed}" + (f" and {more} more" if more else ""))
+    if hidden := ranked[_LOGGED_REASONS:]:
+        count = sum(len(names) for _reason, names in hidden)
+        parts.append(f"{count} more for {len(hidden)} other reasons")
+    total = len(refused)
+    log.warning(
+        "project %s: %d key file%s refused: %s%s",
+        printable(project),
+        total,
+        "" if total == 1 else "s",
+        "; ".join(parts),
+        "" if total <= _LOGGED_FILES_PER_REASON else " (each one: authz-server keys list)",
+        extra={
+            "event": "keys_refused",
+            "project": printable(project),
+            "refused": total,
+            "reasons": {reason: len(names) for reason, names in shown},
+            "files": [printable(name) for names in files.values() for name in names],
+        },
+    )
 
 
 def _fingerprint(directory: Path) -> tuple[_FileStat, ...]:

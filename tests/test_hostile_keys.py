@@ -628,8 +628,12 @@ def test_3000_key_files_in_one_project_activate_the_25_oldest_and_refuse_the_res
     store = load(keys_dir)
     expected = {f"k{i:04d}" for i in range(2999, 2999 - MAX_KEYS_PER_PROJECT, -1)}
     assert kids(store) == expected
-    refusals = [r.getMessage() for r in all_logs.records if "already has" in r.getMessage()]
-    assert len(refusals) == 3000 - MAX_KEYS_PER_PROJECT
+    (summary,) = [r.getMessage() for r in all_logs.records if "refused" in r.getMessage()]
+    assert summary.startswith(
+        f"project {PROJECT}: {3000 - MAX_KEYS_PER_PROJECT} key files refused: "
+        f"over the limit of {MAX_KEYS_PER_PROJECT} keys"
+    )
+    assert len(store.snapshot.projects[PROJECT].refused) == 3000 - MAX_KEYS_PER_PROJECT
     assert kids(store, OTHER_PROJECT) == {"fine"}
 
     # An unchanged directory is not read again: no file is opened, no new snapshot.
@@ -639,7 +643,7 @@ def test_3000_key_files_in_one_project_activate_the_25_oldest_and_refuse_the_res
     assert len(opened) == opened_before
 
 
-def test_3000_garbage_files_cost_one_line_each_and_the_one_key_works(
+def test_3000_garbage_files_cost_one_line_in_all_and_the_one_key_works(
     keys_dir: Path, all_logs: pytest.LogCaptureFixture
 ) -> None:
     project = keys_dir / PROJECT
@@ -647,8 +651,10 @@ def test_3000_garbage_files_cost_one_line_each_and_the_one_key_works(
         (project / f"junk{i:04d}.pem").write_bytes(b"junk %d\n" % i)
     store = load(keys_dir)
     assert kids(store) == {"good"}
-    refusals = [r.getMessage() for r in all_logs.records if r.getMessage().startswith("refused")]
-    assert len(refusals) == 3000
+    (summary,) = [r.getMessage() for r in all_logs.records if "refused" in r.getMessage()]
+    assert f"project {PROJECT}: 3000 key files refused: " in summary
+    assert summary.endswith(" and 2997 more (each one: authz-server keys list)")
+    assert len(store.snapshot.projects[PROJECT].refused) == 3000
 
 
 # -- names --------------------------------------------------------------------------------------

@@ -164,6 +164,18 @@ def test_refusal_reasons_say_why(keys_dir: Path, caplog: pytest.LogCaptureFixtur
         assert reason in line
 
 
+def test_refusals_are_data_every_file_with_its_reason(keys_dir: Path, ec_key: PrivateKey) -> None:
+    pem = public_pem(ec_key)
+    for i in range(MAX_KEYS_PER_PROJECT + 1):
+        write_key(keys_dir / PROJECT, f"k{i:02d}", pem, mtime=1_600_000_000 + i)
+    write_key(keys_dir / PROJECT, "empty", b"")
+    entry = _loaded(keys_dir).snapshot.projects[PROJECT]
+    assert entry.refused == (
+        ("empty.pem", "empty file"),
+        (f"k{MAX_KEYS_PER_PROJECT}.pem", "over the limit of 25 keys (the oldest stay active)"),
+    )
+
+
 def test_a_refusal_never_quotes_the_file(keys_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     secret = _private_pem(ec.generate_private_key(ec.SECP256R1()))
     write_key(keys_dir / PROJECT, "oops", secret)

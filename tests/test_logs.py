@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 import pytest
 from authz_process import AuthzProcess
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT, check_request
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -69,11 +71,18 @@ def test_json_denial_carries_fields_and_request_id(
     service.check(check_request(PROJECT, valid))
     service.check(check_request(PROJECT))
     entries = json_lines(captured.getvalue())
-    refused = [e for e in entries if e.get("event") == "key_refused"]
-    assert refused == [
-        refused[0] | {"project": PROJECT, "kid": BAD_KID, "level": "WARNING"},
-    ]
-    assert refused[0]["reason"]
+    (refused,) = [e for e in entries if e.get("event") == "keys_refused"]
+    assert refused | {"time": "", "message": ""} == {
+        "time": "",
+        "level": "WARNING",
+        "logger": "authz_server.keystore",
+        "message": "",
+        "event": "keys_refused",
+        "project": PROJECT,
+        "refused": 1,
+        "reasons": {"not a PEM public key (expected BEGIN PUBLIC KEY or RSA PUBLIC KEY)": 1},
+        "files": [f"{BAD_KID}.pem"],
+    }
     denied = [e for e in entries if e.get("event") == "denied"]
     assert len(denied) == 2  # the valid token passed without a line
     assert denied[0] | {"time": "", "message": ""} == {
@@ -122,7 +131,9 @@ def test_serve_json_logs(keys_dir: Path, ec_key: PrivateKey) -> None:
     assert denied["project"] == PROJECT
     assert denied["kid"] == KID
     assert denied["request_id"] == "rq-99"
-    assert any(e.get("event") == "key_refused" and e["kid"] == BAD_KID for e in entries)
+    assert any(
+        e.get("event") == "keys_refused" and e["files"] == [f"{BAD_KID}.pem"] for e in entries
+    )
     assert any(e.get("event") == "project_keys_loaded" for e in entries)
     assert expired not in process.log
     assert expired.split(".")[2] not in process.log
@@ -148,3 +159,68 @@ def test_text_format_is_unchanged(keys_dir: Path, ec_key: PrivateKey) -> None:
     ) in process.log
     assert not any(line.startswith("{") for line in process.log.splitlines())
     assert token not in process.log
+
+
+def test_many_refused_key_files_cost_one_summary_line_per_reload(
+    tmp_path: Path, ec_key: PrivateKey, captured: io.StringIO
+) -> None:
+    """A project of hundreds of bad files logs one WARNING per reload that reads it: the
+    reasons with counts and the first few files, escaped; every file stays in the data."""
+    project = tmp_path / PROJECT
+    project.mkdir()
+    for i in range(300):
+        (project / f"junk{i:03d}.pem").write_text("not a key\n")
+    for i in range(30):  # 5 past the limit of 25
+        (project / f"key{i:02d}.pem").write_bytes(public_pem(ec_key))
+    (project / "a\x1b[31mred\nERROR forged line.pem").write_bytes(b"")
+    store = KeyStore(tmp_path)
+    store.reload()
+
+    def summaries() -> list[dict[str, Any]]:
+        entries = json_lines(captured.getvalue())
+        return [e for e in entries if e.get("event") == "keys_refused"]
+
+    (first,) = summaries()
+    assert first["refused"] == 306
+    assert first["reasons"] == {
+        "not a PEM public key (expected BEGIN PUBLIC KEY or RSA PUBLIC KEY)": 300,
+        "over the limit of 25 keys (the oldest stay active)": 5,
+        "the file name (key id) must be printable text without edge spaces": 1,
+    }
+    assert first["files"][:3] == ["junk000.pem", "junk001.pem", "junk002.pem"]
+    assert len(first["files"]) == 7  # three per reason at most
+    assert "a\\x1b[31mred\\nERROR forged line.pem" in first["message"]
+    assert "and 297 more" in first["message"]
+    assert "\x1b" not in captured.getvalue()
+    entry = store.snapshot.projects[PROJECT]
+    assert len(entry.refused) == 306  # every file, for `keys list`
+    assert len(entry.keys) == 25
+
+    (project / "junk300.pem").write_text("one more\n")
+    store.reload([PROJECT])
+    assert len(summaries()) == 2
+    assert summaries()[1]["refused"] == 307
+    store.reload()  # nothing changed: the project is not read again, nothing logged
+    assert len(summaries()) == 2
+    assert len(captured.getvalue().splitlines()) == 4  # 2 summaries, 2 "25 active key(s)"
+
+
+def test_the_summary_line_stays_short_with_many_distinct_reasons(
+    tmp_path: Path, captured: io.StringIO
+) -> None:
+    project = tmp_path / PROJECT
+    project.mkdir()
+    for bits in range(1000, 1020):  # 20 distinct reasons: "RSA key of N bits"
+        numbers = rsa.RSAPublicNumbers(65537, (1 << (bits - 1)) | 1)
+        pem = numbers.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        (project / f"rsa{bits}.pem").write_bytes(pem)
+    KeyStore(tmp_path).reload()
+    (summary,) = [e for e in json_lines(captured.getvalue()) if e.get("event") == "keys_refused"]
+    assert summary["refused"] == 20
+    assert len(summary["reasons"]) == 8
+    assert summary["message"].endswith(
+        "12 more for 12 other reasons (each one: authz-server keys list)"
+    )
+    assert len(summary["message"]) < 2000
