@@ -632,6 +632,46 @@ def test_the_disruption_budget_keeps_one_authorizer() -> None:
     assert budget["spec"]["selector"] == kubernetes_object("Deployment")["spec"]["selector"]
 
 
+def test_the_network_policy_lets_only_envoy_reach_the_grpc_port() -> None:
+    policy = kubernetes_object("NetworkPolicy")
+    deployment = kubernetes_object("Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert set(policy["spec"]["podSelector"]) == {"matchLabels"}
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert "Ingress" in policy["spec"]["policyTypes"]  # what no rule admits is refused
+    container = authz_container()
+    declared = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert declared["grpc"] == port_of(option(container["args"], "--listen"))
+    envoy_rules = [
+        r for r in policy["spec"]["ingress"] if r["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    ]
+    (envoy_rule,) = envoy_rules
+    for peer in envoy_rule["from"]:
+        # A namespace and a pod label both: never every pod of a namespace, nor of the cluster.
+        assert set(peer) == {"namespaceSelector", "podSelector"}, peer
+        assert set(peer["namespaceSelector"]) == set(peer["podSelector"]) == {"matchLabels"}
+        assert peer["namespaceSelector"]["matchLabels"]
+        assert peer["podSelector"]["matchLabels"]
+    gateway = kubernetes_object("AuthorizationPolicy")
+    assert {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": gateway["metadata"]["namespace"]}
+        },
+        "podSelector": {"matchLabels": gateway["spec"]["selector"]["matchLabels"]},
+    } in envoy_rule["from"], "the Istio gateway the AuthorizationPolicy names"
+    # Anything else admitted is the metrics port, from a monitoring namespace, and only when
+    # the deployment declares one.
+    for rule in policy["spec"]["ingress"]:
+        if rule is envoy_rule:
+            continue
+        assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        assert "metrics" in declared
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector"}
+            assert peer["namespaceSelector"]["matchLabels"]
+
+
 # -- Istio ----------------------------------------------------------------------------------
 
 
