@@ -273,9 +273,10 @@ _SERVER_OPTIONS: Final = (
     # No SO_REUSEPORT (gRPC's default on Linux): a second server started by mistake on the
     # same port must fail, not silently take half of the connections.
     ("grpc.so_reuseport", 0),
-    # Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS);
-    # Envoy opens another connection when it needs more.
-    ("grpc.max_concurrent_streams", 100),
+    # Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS):
+    # a stalled call holds about 26 KiB, so one connection holds at most ~6.5 MiB. Envoy
+    # opens another connection when it needs more (measured with a limit of 4).
+    ("grpc.max_concurrent_streams", 256),
     # A quiet connection is pinged every minute and closed, with its calls, when the ping
     # goes unanswered for 20 s: a vanished client leaves nothing behind.
     ("grpc.keepalive_time_ms", 60_000),
