@@ -28,6 +28,9 @@ log = logging.getLogger("authz_server")
 
 # A service in a container or beside Envoy listens on every interface by default.
 DEFAULT_LISTEN = "0.0.0.0:9001"
+# --threads sized the thread pool of the gRPC server before it became asynchronous; the
+# option is still accepted, and ignored, so that existing command lines keep working.
+THREADS_DEFAULT = 16
 
 
 class ListenError(OSError):
@@ -42,7 +45,7 @@ class Settings:
     leeway: float = 0.0
     forward_jwt: bool = False
     rescan_interval: float = 1.0
-    threads: int = 16
+    threads: int = THREADS_DEFAULT  # deprecated and ignored: no call holds a thread any more
     log_level: str = "INFO"
     grace: float = 5.0  # seconds the calls in flight get to finish once the server stops
     # Seconds between a stop signal and the server's stop, answering all along with health
@@ -70,8 +73,14 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         metrics=metrics,
     )
     metrics.registry.register(StateCollector(store, service.verifier))
+    if settings.threads != THREADS_DEFAULT:
+        log.warning(
+            "--threads (AUTHZ_THREADS) is deprecated and ignored: the gRPC server is "
+            "asynchronous and no call holds a thread",
+            extra={"event": "deprecated_option", "option": "threads"},
+        )
     try:
-        server = GateServer(service, settings.listen, threads=settings.threads)
+        server = GateServer(service, settings.listen)
     except (OSError, RuntimeError) as exc:
         raise ListenError(f"cannot listen on {settings.listen}: {exc}") from None
     metrics_server = None

@@ -92,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
             "stop, so health-checking clients move away (a second signal stops at once)"
         ),
     )
-    option("--threads", default="16", type=positive_int, help="gRPC worker threads")
+    option(
+        "--threads",
+        default="16",
+        type=positive_int,
+        help="deprecated and ignored: the gRPC server is asynchronous, no call holds a thread",
+    )
     option(
         "--workers",
         default="1",

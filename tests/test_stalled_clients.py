@@ -127,3 +127,11 @@ def test_256_stalled_check_streams_starve_neither_envoys_checks_nor_health(
     assert (health_before, health_after) == ("SERVING", "SERVING")
     p99 = statistics.quantiles([seconds for _status, seconds in results], n=100)[98]
     assert p99 < P99_LIMIT_S, f"p99 {p99 * 1000:.1f} ms"
+
+
+def test_the_old_threads_option_still_starts_the_server_and_says_it_is_ignored(
+    keys_dir: Path,
+) -> None:
+    with AuthzProcess(keys_dir, "--threads", "4") as authz:
+        assert health_answer(authz.address) == "SERVING"
+    assert "--threads (AUTHZ_THREADS) is deprecated and ignored" in authz.log
