@@ -22,6 +22,7 @@ from ._signals import StopSignals
 from .app import DEFAULT_LISTEN, ListenError, Settings, running_gate
 from .cache import DEFAULT_MAX_ENTRIES
 from .logging_setup import LOG_FORMATS, configure_logging
+from .mounts import missing_mount
 from .options import env_value, flag, host_port, non_negative_int, positive_int, route, seconds
 from .service import GateServer
 
@@ -60,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_cmd.set_defaults(func=_serve_command, parser=serve_cmd)
     option("--keys-dir", required=True, type=Path, help="directory of <project>/<kid>.pem keys")
+    option(
+        "--require-mount",
+        nargs="?",
+        const="true",
+        default="false",
+        type=flag,
+        help=(
+            "exit with status 2 unless the keys directory, or every project directory in it, "
+            "is a mounted volume (so that a volume not mounted yet never opens every project)"
+        ),
+    )
     option("--listen", default=DEFAULT_LISTEN, type=host_port, help="gRPC HOST:PORT")
     option("--audience-suffix", default="", help="when set, `aud` must end with it")
     option("--leeway", default="0", type=seconds, help="clock skew allowed on exp/nbf, seconds")
@@ -258,6 +270,8 @@ def _serve_command(args: argparse.Namespace) -> int:
         args.parser.error(f"keys directory {keys_dir} {what}")
     if not os.access(keys_dir, os.R_OK | os.X_OK):
         args.parser.error(f"keys directory {keys_dir} is not readable")
+    if args.require_mount and (problem := missing_mount(keys_dir)) is not None:
+        args.parser.error(problem)
     if args.workers > 1:
         from .workers import worker_addresses
 

@@ -11,7 +11,9 @@ Failure rules (docs/contract.md, "Keys directory"):
 - a project directory that cannot be listed: that project keeps its last key set,
   or, if it had none, denies every token (a storage fault never opens a project);
 - a project with candidate ``.pem`` files of which none loads denies every token:
-  only a project without any key file is open.
+  only a project without any key file is open;
+- an unmounted volume (``KEYS_DIR``, or a project directory that was a mount point of
+  its own, is one no longer): its last key set stays until it is mounted again.
 
 Refused files are data: :attr:`ProjectKeys.refused` lists each with its reason (for
 ``keys list`` and ``keys check``), and a reload logs one summary line per project.
@@ -19,6 +21,7 @@ Refused files are data: :attr:`ProjectKeys.refused` lists each with its reason (
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -33,6 +36,7 @@ from typing import Final
 
 from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
 from .logtext import printable
+from .mounts import is_mount_point, read_mount_points
 
 __all__ = [
     "MAX_KEYS_PER_PROJECT",
@@ -75,6 +79,21 @@ class ProjectKeys:
     # Every candidate file that is not active, with the reason: unreadable or not an
     # acceptable key, in name order, then those past the key limit, oldest first.
     refused: tuple[Refusal, ...] = field(default=(), repr=False)
+    # The project directory's device when it was a mount point of its own (one volume
+    # per project); None for a plain directory.
+    mount_device: int | None = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class _Scan:
+    """What one reload learned about the keys directory before reading projects."""
+
+    root: os.stat_result
+    # Mount points that are directly in KEYS_DIR (real paths): bind mounts of the same
+    # file system, which only the mount table shows.
+    inner_mounts: frozenset[str]
+    # Project directories on another device than KEYS_DIR: name -> st_dev.
+    devices: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +130,34 @@ class KeyStore:
         self.snapshot = Snapshot(complete=False)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._dir_available = True
+        # KEYS_DIR's device while it is a mount point; once set, KEYS_DIR no longer being
+        # one is an unmounted volume, not an empty directory.
+        self._root_mount_device: int | None = None
+        self._root_unmounted = False
+        self._unmounted_projects: set[str] = set()
+        # Devices of KEYS_DIR and of the project directories on other devices, and the
+        # same-device bind mounts: the watcher re-arms when they change, since its
+        # watches on a volume die with the volume and a newly mounted one has none.
+        self.mount_layout: tuple[int, frozenset[tuple[str, int]], frozenset[str]] = (
+            0,
+            frozenset(),
+            frozenset(),
+        )
         self.watching = threading.Event()
         # Plain counters for metrics (read at scrape time; written under the lock or by
         # the one watcher thread). ``last_reload`` is a time.monotonic() value.
         self.reloads_completed = 0
         self.reload_failures = 0
         self.keys_refused = 0
+        self.unmounts_detected = 0
         self.last_reload: float | None = None
         self.loaded = threading.Event()  # set once a scan of the whole directory completed
+
+    @property
+    def unmounted_volumes(self) -> int:
+        """Volumes seen unmounted right now (KEYS_DIR, project directories) whose last
+        keys are kept in force."""
+        return int(self._root_unmounted) + len(self._unmounted_projects)
 
     # -- loading ---------------------------------------------------------------
 
@@ -126,7 +165,8 @@ class KeyStore:
         """Rescan every project (``projects=None``) or only the named ones."""
         with self._lock:
             current = self.snapshot
-            if not self._check_dir():
+            scan = self._check_dir()
+            if scan is None:
                 self.reload_failures += 1
                 return current
             if projects is None:
@@ -141,7 +181,7 @@ class KeyStore:
                 names = {p for p in projects if p and not p.startswith(".")}
                 updated = dict(current.projects)
             for name in names:
-                entry = self._load_project(name, current.projects.get(name))
+                entry = self._load_project(name, current.projects.get(name), scan)
                 if entry is None:
                     updated.pop(name, None)
                 else:
@@ -149,6 +189,13 @@ class KeyStore:
             self.reloads_completed += 1
             self.last_reload = time.monotonic()
             if projects is None:
+                # A project directory gone since it was unmounted is no volume to wait for.
+                self._unmounted_projects.intersection_update(names)
+                self.mount_layout = (
+                    scan.root.st_dev,
+                    frozenset(scan.devices.items()),
+                    scan.inner_mounts,
+                )
                 self.loaded.set()
             old = current.projects
             complete = current.complete or projects is None
@@ -161,15 +208,17 @@ class KeyStore:
             self.snapshot = Snapshot(MappingProxyType(updated), current.generation + 1, complete)
             return self.snapshot
 
-    def _check_dir(self) -> bool:
+    def _check_dir(self) -> _Scan | None:
+        """The directory's state for this reload, or None when nothing can be loaded
+        from it now (missing, unreadable, unmounted): the last good key set stays."""
         try:
             info = os.stat(self.keys_dir)
         except OSError as exc:
             self._mark_unavailable(exc)
-            return False
+            return None
         if not stat.S_ISDIR(info.st_mode):
             self._mark_unavailable(NotADirectoryError(errno.ENOTDIR, "not a directory"))
-            return False
+            return None
         if not self._dir_available:
             self._dir_available = True
             log.warning(
@@ -177,7 +226,44 @@ class KeyStore:
                 self.keys_dir,
                 extra={"event": "keys_dir_back"},
             )
-        return True
+        mount_points = read_mount_points()
+        try:
+            mounted = is_mount_point(self.keys_dir, info, mount_points=mount_points)
+        except OSError as exc:  # its parent cannot be stat'ed: treat it like the directory
+            self._mark_unavailable(exc)
+            return None
+        if not self._root_is_usable(info, mounted):
+            return None
+        real = os.path.realpath(self.keys_dir)
+        inner = frozenset(p for p in mount_points if os.path.dirname(p) == real and p != real)
+        return _Scan(info, inner)
+
+    def _root_is_usable(self, info: os.stat_result, mounted: bool) -> bool:
+        """False while KEYS_DIR, a mount point when it was last loaded, is not one."""
+        if mounted:
+            if self._root_unmounted:
+                self._root_unmounted = False
+                log.warning(
+                    "keys directory %s is mounted again; reloading keys",
+                    self.keys_dir,
+                    extra={"event": "keys_dir_remounted"},
+                )
+            self._root_mount_device = info.st_dev
+            return True
+        if self._root_mount_device is None:
+            return True  # a plain directory, never seen mounted
+        if not self._root_unmounted:
+            self._root_unmounted = True
+            self.unmounts_detected += 1
+            # The watcher's watches died with the volume: re-arm on what is there now.
+            self.mount_layout = (info.st_dev, *self.mount_layout[1:])
+            log.error(
+                "keys directory %s is no longer a mount point: its volume was unmounted; "
+                "keeping the last good key set until it is mounted again",
+                self.keys_dir,
+                extra={"event": "keys_dir_unmounted", "keys_dir": str(self.keys_dir)},
+            )
+        return False
 
     def _mark_unavailable(self, exc: OSError) -> None:
         if self._dir_available:
@@ -208,11 +294,16 @@ class KeyStore:
                         names.add(entry.name)
         return names
 
-    def _load_project(self, project: str, previous: ProjectKeys | None) -> ProjectKeys | None:
+    def _load_project(
+        self, project: str, previous: ProjectKeys | None, scan: _Scan
+    ) -> ProjectKeys | None:
         directory = self.keys_dir / project
         try:
+            info = os.stat(directory)
             fingerprint = _fingerprint(directory)
+            mount_device = self._mount_device(project, directory, info, scan)
         except (FileNotFoundError, NotADirectoryError):
+            self._unmounted_projects.discard(project)
             if previous is not None:
                 log.info(
                     "project %s: key directory removed; project no longer uses JWT",
@@ -233,7 +324,20 @@ class KeyStore:
                 },
             )
             return previous or ProjectKeys(MappingProxyType({}), ())
+        if previous is not None and previous.mount_device is not None and mount_device is None:
+            self._project_unmounted(project, directory)
+            return previous
+        if project in self._unmounted_projects:
+            self._unmounted_projects.discard(project)
+            log.warning(
+                "project %s: key directory %s is mounted again; reloading its keys",
+                printable(project),
+                printable(directory),
+                extra={"event": "project_remounted", "project": printable(project)},
+            )
         if previous is not None and previous.fingerprint == fingerprint:
+            if previous.mount_device != mount_device:
+                return dataclasses.replace(previous, mount_device=mount_device)
             return previous
         if not fingerprint:
             if previous is not None:
@@ -244,7 +348,33 @@ class KeyStore:
                 )
             return None
         keys, refused = self._read_keys(directory, project, fingerprint)
-        return ProjectKeys(keys, fingerprint, refused)
+        return ProjectKeys(keys, fingerprint, refused, mount_device)
+
+    def _mount_device(
+        self, project: str, directory: Path, info: os.stat_result, scan: _Scan
+    ) -> int | None:
+        """The project directory's device if it is a mount point of its own, else None."""
+        if info.st_dev != scan.root.st_dev:
+            scan.devices[project] = info.st_dev
+            # On another device: the volume's root, or a link into some other file system.
+            mounted = is_mount_point(directory, info, mount_points=frozenset())
+            return info.st_dev if mounted else None
+        if scan.inner_mounts and os.path.realpath(directory) in scan.inner_mounts:
+            return info.st_dev
+        return None
+
+    def _project_unmounted(self, project: str, directory: Path) -> None:
+        if project in self._unmounted_projects:
+            return
+        self._unmounted_projects.add(project)
+        self.unmounts_detected += 1
+        log.error(
+            "project %s: key directory %s is no longer a mount point: its volume was "
+            "unmounted; keeping its last key set until it is mounted again",
+            printable(project),
+            printable(directory),
+            extra={"event": "project_unmounted", "project": printable(project)},
+        )
 
     def _read_keys(
         self, directory: Path, project: str, fingerprint: tuple[_FileStat, ...]
@@ -298,6 +428,7 @@ class KeyStore:
             with notify:
                 # Anything changed between the last load and arming the watcher is seen here.
                 last_full, full_cost = self._timed_full_reload()
+                armed_on = self.mount_layout
                 self.watching.set()
                 while not stop.is_set():
                     # Measured: 50,000 keys take ~0.5 s to rescan; at a fixed 1 s that is
@@ -317,8 +448,10 @@ class KeyStore:
                             self._safe_reload(projects)
                     if projects is None or time.monotonic() - last_full >= interval:
                         last_full, full_cost = self._timed_full_reload()
-                        if not self._dir_available:
-                            break  # re-arm on the directory once it is back
+                        if not self._dir_available or self.mount_layout != armed_on:
+                            # Re-arm: on the directory once it is back; on the volumes
+                            # mounted now (no file event says a volume came or went).
+                            break
             self.watching.clear()
             stop.wait(rescan_interval)
 

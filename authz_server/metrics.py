@@ -168,6 +168,17 @@ class StateCollector(Collector):
             "Key directory scans that failed (the last good key set stayed).",
             store.reload_failures,
         )
+        yield GaugeMetricFamily(
+            "authz_unmounted_volumes",
+            "Volumes (KEYS_DIR, or project directories mounted on their own) found unmounted "
+            "right now; the keys they held stay in force until they are mounted again.",
+            store.unmounted_volumes,
+        )
+        yield CounterMetricFamily(
+            "authz_unmounts",
+            "Unmounts of the keys volume or of a project's volume detected.",
+            store.unmounts_detected,
+        )
         last = store.last_reload
         yield GaugeMetricFamily(
             "authz_seconds_since_last_reload",
