@@ -12,6 +12,7 @@ contract's decision table written here from docs/contract.md.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any, Final
@@ -158,16 +159,66 @@ def test_token_shaped_garbage_is_denied_with_a_contract_message(
     assert_allowed_only_if_genuine(token, registered)
 
 
+# Headers are drawn as scheme + separator + token, and the expected answer is computed from
+# those parts, not from the header: arbitrary text almost never starts with "Bearer ", so a
+# property over it would assert nothing.
+BEARER_SPELLINGS: Final = frozenset(
+    "".join(letters) for letters in itertools.product(*((c, c.upper()) for c in "bearer"))
+)
+schemes = st.one_of(
+    st.sampled_from(sorted(BEARER_SPELLINGS)),
+    st.sampled_from(["", "Bear", "Beare", "Bearerr", "Bearer:", "Basic", " Bearer", "\tBearer"]),
+    # look-alikes: a fullwidth B, a small capital B, a Cyrillic e
+    st.sampled_from(["\uff22earer", "\u0299earer", "B\u0435arer"]),
+)
+separators = st.one_of(
+    st.text(alphabet=" ", min_size=1, max_size=4),
+    st.sampled_from(["", "\t", "\n", "\u00a0", "\u3000", "\t ", "\u00a0 "]),
+)
+tokens = st.one_of(
+    st.just(""),
+    token_shaped,
+    # the token is what follows the run of spaces, so it never starts with a space itself
+    st.builds(str.__add__, st.characters(exclude_characters=" "), st.text(max_size=40)),
+)
+
+
 @PROPERTY
-@given(header=st.text(max_size=80))
-def test_bearer_token_returns_none_or_the_text_after_the_scheme_and_its_spaces(header: str) -> None:
-    token = bearer_token(header)
-    if token is not None:
-        scheme, rest = header[:6], header[6:]
-        assert scheme.lower() == "bearer"
-        assert rest.startswith(" ")
-        assert rest.lstrip(" ") == token
-        assert not token.startswith(" ")
+@given(scheme=schemes, separator=separators, token=tokens)
+def test_bearer_token_is_the_text_after_the_scheme_in_any_case_and_a_run_of_spaces(
+    scheme: str, separator: str, token: str
+) -> None:
+    token = token.lstrip(" ")  # token_shaped may start with one
+    is_bearer = scheme in BEARER_SPELLINGS and set(separator) == {" "}
+    expected = token if is_bearer and token else None
+    assert bearer_token(scheme + separator + token) == expected
+
+
+def test_the_bearer_token_property_draws_each_kind_of_header() -> None:
+    """The strategies reach accepted headers, refused schemes, refused separators and
+    empty tokens, so the property above asserts every branch of the rule."""
+    seen: set[str] = set()
+
+    @settings(max_examples=300, database=None)
+    @given(scheme=schemes, separator=separators, token=tokens)
+    def classify(scheme: str, separator: str, token: str) -> None:
+        if scheme not in BEARER_SPELLINGS:
+            seen.add("scheme refused")
+        elif set(separator) != {" "}:
+            seen.add("separator refused")
+        elif not token.lstrip(" "):
+            seen.add("empty token")
+        else:
+            seen.add("token" if separator == " " else "token after several spaces")
+
+    classify()
+    assert seen == {
+        "scheme refused",
+        "separator refused",
+        "empty token",
+        "token",
+        "token after several spaces",
+    }
 
 
 @PROPERTY
