@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .budget import DEFAULT_RATE
 from .cache import DEFAULT_MAX_ENTRIES
 from .keystore import KeyStore
 from .logging_setup import TEXT_FORMAT
@@ -52,6 +53,8 @@ class Settings:
     # NOT_SERVING, so that health-checking clients (Envoy, Kubernetes) move away first.
     drain_delay: float = 5.0
     cache_size: int = DEFAULT_MAX_ENTRIES
+    # Seconds per second of failed signature checks allowed per project; 0: no limit.
+    failed_check_budget: float = DEFAULT_RATE
     workers: int = 1
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
     log_format: str = "text"
@@ -70,6 +73,7 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         Policy(leeway=settings.leeway, audience_suffix=settings.audience_suffix),
         forward_jwt=settings.forward_jwt,
         cache_size=settings.cache_size,
+        failed_check_budget=settings.failed_check_budget,
         metrics=metrics,
     )
     metrics.registry.register(StateCollector(store, service.verifier))

@@ -15,10 +15,12 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Final
 
+from .budget import FailedCheckBudget
 from .keys import VerifyKey
-from .verifier import Allowed, Decision, Denied, Policy, check_times, decide
+from .verifier import Allowed, Decision, Denied, Policy, Reason, check_times, decide
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "MAX_CACHED_TOKEN_LENGTH", "CachingVerifier"]
 
@@ -39,9 +41,16 @@ class _Grant:
 class CachingVerifier:
     """:func:`~authz_server.verifier.decide` with a cache of verified tokens in front."""
 
-    def __init__(self, policy: Policy, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        budget: FailedCheckBudget | None = None,
+    ) -> None:
         self.policy = policy
         self.max_entries = max_entries
+        self.budget = budget  # None: failed signature checks are not limited
         self.hits = 0
         self.misses = 0
         # OrderedDict: evicting the oldest with a plain dict's next(iter()) slows down as
@@ -59,8 +68,10 @@ class CachingVerifier:
         keys: Mapping[str, VerifyKey] | None,
         now: float,
     ) -> Decision:
-        if keys is None or token is None or self.max_entries <= 0:
+        if keys is None or token is None:
             return decide(token, keys, self.policy, now)
+        if self.max_entries <= 0:
+            return self._checked(project, token, keys, now)
         key = (project, token)
         grant = self._entries.get(key)
         if grant is not None and grant.keys is keys:
@@ -71,12 +82,25 @@ class CachingVerifier:
             self._forget(key)
             return Denied(reason, grant.kid)
         self.misses += 1
-        decision = decide(token, keys, self.policy, now)
+        decision = self._checked(project, token, keys, now)
         if isinstance(decision, Allowed) and len(token) <= MAX_CACHED_TOKEN_LENGTH:
             assert decision.kid is not None  # a project with keys names the key
             self._remember(key, _Grant(keys, decision.kid, decision.exp, decision.nbf))
         elif grant is not None:
             self._forget(key)  # verified against an older key set: drop it
+        return decision
+
+    def _checked(
+        self, project: str, token: str, keys: Mapping[str, VerifyKey], now: float
+    ) -> Decision:
+        """``decide``, with the project's failed signature checks paid from its budget."""
+        budget = self.budget
+        if budget is None:
+            return decide(token, keys, self.policy, now)
+        start = perf_counter()
+        decision = decide(token, keys, self.policy, now, may_verify=budget.allows(project))
+        if isinstance(decision, Denied) and decision.reason is Reason.BAD_SIGNATURE:
+            budget.charge(project, perf_counter() - start)
         return decision
 
     def _remember(self, key: tuple[str, str], grant: _Grant) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from ._signals import StopSignals
 from .app import DEFAULT_LISTEN, ListenError, Settings, running_gate
+from .budget import DEFAULT_RATE
 from .cache import DEFAULT_MAX_ENTRIES
 from .logging_setup import LOG_FORMATS, configure_logging
 from .mounts import missing_mount
@@ -121,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(DEFAULT_MAX_ENTRIES),
         type=non_negative_int,
         help="verified tokens remembered (0: verify every request)",
+    )
+    option(
+        "--failed-check-budget",
+        default=str(DEFAULT_RATE),
+        type=seconds,
+        help=(
+            "seconds per second that failed signature checks may take, per project; past it, "
+            "the project's tokens that need a check are denied until it refills (0: no limit)"
+        ),
     )
     option(
         "--log-level",
@@ -297,6 +307,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         log_level=args.log_level,
         cache_size=args.cache_size,
+        failed_check_budget=args.failed_check_budget,
         workers=args.workers,
         metrics_listen=args.metrics_listen,
         log_format=args.log_format,

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from ._proto.envoy.config.core.v3 import base_pb2
 from ._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from ._proto.envoy.type.v3 import http_status_pb2
+from .budget import DEFAULT_RATE, FailedCheckBudget
 from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
 from .keystore import Snapshot
 from .logtext import printable
@@ -126,6 +127,7 @@ class AuthorizationService:
         forward_jwt: bool = False,
         clock: Callable[[], float] = time.time,
         cache_size: int = DEFAULT_MAX_ENTRIES,
+        failed_check_budget: float = DEFAULT_RATE,
         metrics: CheckMetrics | None = None,
     ) -> None:
         self._snapshot = snapshot
@@ -135,7 +137,11 @@ class AuthorizationService:
         self._denied_counters = self.metrics.denied
         self._observe = self.metrics.duration.observe
         self._clock = clock
-        self.verifier = CachingVerifier(policy, max_entries=cache_size)
+        self.verifier = CachingVerifier(
+            policy,
+            max_entries=cache_size,
+            budget=FailedCheckBudget(rate=failed_check_budget) if failed_check_budget else None,
+        )
         # A project without keys passes untouched: its Authorization header stays, and no
         # key signed it, so a client's x-jwt-kid goes.
         self._remove_on_open = (JWT_KID_HEADER, *_FORGED_ALIASES)

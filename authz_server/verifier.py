@@ -56,6 +56,9 @@ class Reason(enum.Enum):
     # when it cannot reach the service).
     INTERNAL_ERROR = "authorization failed (internal error)"
     NOT_READY = "authorization service unavailable"
+    # Not a row either: the project's budget for failed signature checks is spent (see
+    # budget.py); its token was not judged, and may be retried.
+    THROTTLED = "authorization throttled (too many invalid signatures for this project)"
 
     @property
     def message(self) -> str:
@@ -149,9 +152,12 @@ def decide(
     keys: Mapping[str, VerifyKey] | None,
     policy: Policy,
     now: float,
+    *,
+    may_verify: bool = True,
 ) -> Decision:
     """Rows 1 to 9 for a request whose project passed :func:`project_id_denial`. ``keys`` is
-    None when the project has no key directory."""
+    None when the project has no key directory. With ``may_verify`` false, a token that
+    reaches row 6 is denied as :attr:`Reason.THROTTLED` instead of checked."""
     if keys is None:
         return Allowed(kid=None)
     if token is None:
@@ -170,6 +176,8 @@ def decide(
     key = keys.get(kid)
     if key is None:
         return Denied(Reason.UNKNOWN_KEY_ID, kid)
+    if not may_verify:
+        return Denied(Reason.THROTTLED, kid)
     if key.alg != alg or not key.verify(signature, signing_input):
         return Denied(Reason.BAD_SIGNATURE, kid)
 

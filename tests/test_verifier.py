@@ -56,8 +56,12 @@ def test_every_reason_carries_the_contracts_exact_message() -> None:
     }
 
 
-def test_the_service_adds_two_reasons_of_its_own_to_the_table() -> None:
-    assert set(Reason) - set(TABLE_REASONS) == {Reason.INTERNAL_ERROR, Reason.NOT_READY}
+def test_the_service_adds_three_reasons_of_its_own_to_the_table() -> None:
+    assert set(Reason) - set(TABLE_REASONS) == {
+        Reason.INTERNAL_ERROR,
+        Reason.NOT_READY,
+        Reason.THROTTLED,
+    }
     assert list(Reason)[: len(TABLE_REASONS)] == list(TABLE_REASONS)  # the table's order
 
 
