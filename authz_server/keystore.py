@@ -34,7 +34,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
+from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, is_valid_id, parse_public_key
 from .logtext import printable
 from .mounts import is_mount_point, read_mount_points
 
@@ -150,6 +150,7 @@ class KeyStore:
         self.reload_failures = 0
         self.keys_refused = 0
         self.unmounts_detected = 0
+        self._misnamed_projects: set[str] = set()  # project directories refused, by name
         self.last_reload: float | None = None
         self.loaded = threading.Event()  # set once a scan of the whole directory completed
 
@@ -178,7 +179,7 @@ class KeyStore:
                     return current
                 updated: dict[str, ProjectKeys] = {}
             else:
-                names = {p for p in projects if p and not p.startswith(".")}
+                names = {p for p in projects if is_valid_id(p)}
                 updated = dict(current.projects)
             for name in names:
                 entry = self._load_project(name, current.projects.get(name), scan)
@@ -280,18 +281,31 @@ class KeyStore:
 
     def _project_names(self, known: Mapping[str, ProjectKeys]) -> set[str]:
         names = set()
+        misnamed = set()
         with os.scandir(self.keys_dir) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=True):
-                        names.add(entry.name)
+                        if is_valid_id(entry.name):
+                            names.add(entry.name)
+                        else:
+                            misnamed.add(entry.name)
                 except OSError:
                     # A link that cannot be followed now (a loop, an unsearchable
                     # target): a storage fault, so a known project keeps its keys.
                     if entry.name in known:
                         names.add(entry.name)
+        for name in sorted(misnamed - self._misnamed_projects):
+            # No request can name it (the gate denies such ids first): said once, not at
+            # every rescan.
+            log.warning(
+                "refused project directory %s: not a project id (1 to 128 of A-Z a-z 0-9 _ -)",
+                printable(self.keys_dir / name),
+                extra={"event": "project_refused", "project": printable(name)},
+            )
+        self._misnamed_projects = misnamed
         return names
 
     def _load_project(
@@ -543,9 +557,9 @@ def read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
     :class:`KeyRejected` with the reason. Never blocks on a FIFO or device."""
     if mode == 0:
         raise KeyRejected("cannot be resolved (a dangling, looping or unreachable link)")
-    if not kid.isprintable() or kid != kid.strip():
-        # The kid travels in a header (x-jwt-kid) and in logs: printable text only.
-        raise KeyRejected("the file name (key id) must be printable text without edge spaces")
+    if not is_valid_id(kid):
+        # The kid travels in a header (x-jwt-kid), in logs and in URLs of the tooling.
+        raise KeyRejected("the file name is not a key id (1 to 128 of A-Z a-z 0-9 _ -)")
     if not stat.S_ISREG(mode):
         raise KeyRejected("not a regular file")
     if size > MAX_KEY_FILE_BYTES:

@@ -218,6 +218,47 @@ def test_symlinked_files_and_directories_are_followed(
     assert kids(store) == {"via-link"}
 
 
+@pytest.mark.parametrize(
+    "name", ["my.key", "a b", "k;x", "k%20", "é", "x" * 129], ids=["dot", "space", "semicolon",
+    "percent", "non-ascii", "129-chars"]
+)  # fmt: skip
+def test_a_key_file_whose_name_is_no_key_id_is_refused_and_the_others_load(
+    keys_dir: Path, ec_key: PrivateKey, name: str
+) -> None:
+    write_key(keys_dir / PROJECT, "good", public_pem(ec_key))
+    write_key(keys_dir / PROJECT, name, public_pem(ec_key))
+    store = _loaded(keys_dir)
+    assert kids(store) == {"good"}
+    assert store.snapshot.projects[PROJECT].refused == (
+        (f"{name}.pem", "the file name is not a key id (1 to 128 of A-Z a-z 0-9 _ -)"),
+    )
+
+
+def test_a_project_whose_only_key_file_is_misnamed_stays_locked(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    write_key(keys_dir / PROJECT, "my.key", public_pem(ec_key))
+    assert kids(_loaded(keys_dir)) == set()
+
+
+@pytest.mark.parametrize("name", ["P1;x", "a b", "p.q", "x" * 129])
+def test_a_project_directory_whose_name_is_no_project_id_is_refused_once_with_a_log_line(
+    keys_dir: Path, ec_key: PrivateKey, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    write_key(keys_dir / PROJECT, "good", public_pem(ec_key))
+    write_key(keys_dir / name, "k", public_pem(ec_key))
+    store = KeyStore(keys_dir)
+    with caplog.at_level(logging.WARNING, logger="authz_server.keystore"):
+        store.reload()
+        store.reload()
+        store.reload([name])
+    assert set(store.snapshot.projects) == {PROJECT}
+    messages = [r.getMessage() for r in caplog.records]
+    refusals = [m for m in messages if m.startswith("refused project directory")]
+    assert len(refusals) == 1
+    assert refusals[0].endswith(": not a project id (1 to 128 of A-Z a-z 0-9 _ -)")
+
+
 def test_a_directory_named_like_a_key_is_refused_not_loaded(
     keys_dir: Path, ec_key: PrivateKey
 ) -> None:

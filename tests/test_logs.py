@@ -185,7 +185,7 @@ def test_many_refused_key_files_cost_one_summary_line_per_reload(
     assert first["reasons"] == {
         "not a PEM public key (expected BEGIN PUBLIC KEY or RSA PUBLIC KEY)": 300,
         "over the limit of 25 keys (the oldest stay active)": 5,
-        "the file name (key id) must be printable text without edge spaces": 1,
+        "the file name is not a key id (1 to 128 of A-Z a-z 0-9 _ -)": 1,
     }
     assert first["files"][:3] == ["junk000.pem", "junk001.pem", "junk002.pem"]
     assert len(first["files"]) == 7  # three per reason at most
