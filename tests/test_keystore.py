@@ -350,6 +350,22 @@ def test_only_changed_projects_are_re_read(keys_dir: Path, ec_key: PrivateKey) -
     assert kids(store, "p2") == {"b", "c"}
 
 
+def test_a_reload_of_one_project_revokes_its_deleted_key_and_drops_it_once_gone(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    """What the watcher does on a file event, without waiting for the full rescan."""
+    write_key(keys_dir / PROJECT, "a", public_pem(ec_key))
+    write_key(keys_dir / PROJECT, "b", public_pem(ec_key))
+    store = _loaded(keys_dir)
+    (keys_dir / PROJECT / "b.pem").unlink()
+    store.reload([PROJECT])
+    assert kids(store) == {"a"}
+    shutil.rmtree(keys_dir / PROJECT)
+    store.reload([PROJECT])
+    assert kids(store) is None
+    assert PROJECT not in store.snapshot.projects
+
+
 def test_an_unchanged_directory_publishes_no_new_snapshot(
     keys_dir: Path, ec_key: PrivateKey
 ) -> None:
