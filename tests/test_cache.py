@@ -91,6 +91,13 @@ def test_entries_are_per_project(
     token = mint(ec_key, "k1", {})
     assert isinstance(cache.decide("a", token, keys, NOW), Allowed)
     assert cache.decide("b", token, keyset(), NOW) == Denied(Reason.UNKNOWN_KEY_ID, "k1")
+    # Neither b's denial nor a third project with the same key displaces a's entry.
+    same_key = keyset(**keys)
+    assert cache.decide("c", token, same_key, NOW) == Allowed("k1")
+    misses = cache.misses
+    assert cache.decide("a", token, keys, NOW) == Allowed("k1")
+    assert cache.decide("c", token, same_key, NOW) == Allowed("k1")
+    assert (cache.hits, cache.misses) == (2, misses)
 
 
 def test_the_cache_is_bounded_and_evicts_the_oldest(
