@@ -248,6 +248,26 @@ def test_keys_of_one_project_never_serve_another(
     assert gate.check(path="/eth/other-project", headers=bearer(token)).status.code == 0
 
 
+def test_each_response_names_its_own_project_when_another_gets_the_same_answer(
+    gate: Gate, ec_key: PrivateKey
+) -> None:
+    """Responses are encoded once and reused: the project must be part of what is reused."""
+    gate.add_key("other-project", KID, ec_key)
+    token = mint(ec_key, KID, {})
+    for project in (PROJECT, "other-project", PROJECT):
+        assert denial(gate.check(path=f"/eth/{project}"))["project"] == project
+        ok = gate.check(path=f"/eth/{project}", headers=bearer(token)).ok_response
+        assert [(h.header.key, h.header.value) for h in ok.headers] == [
+            ("x-authz-project", project),
+            ("x-jwt-kid", KID),
+        ]
+    for project in ("open-a", "open-b", "open-a"):
+        ok = gate.check(path=f"/eth/{project}").ok_response
+        assert [(h.header.key, h.header.value) for h in ok.headers] == [
+            ("x-authz-project", project)
+        ]
+
+
 @pytest.mark.parametrize(
     ("path", "context", "project"),
     [
