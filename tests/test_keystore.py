@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -37,12 +38,14 @@ def keys_dir(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def watched(keys_dir: Path) -> Iterator[KeyStore]:
+@contextlib.contextmanager
+def _watching(keys_dir: Path, rescan_interval: float) -> Iterator[KeyStore]:
     store = KeyStore(keys_dir)
     store.reload()
     stop = threading.Event()
-    thread = threading.Thread(target=store.watch, args=(stop,), kwargs={"rescan_interval": 0.5})
+    thread = threading.Thread(
+        target=store.watch, args=(stop,), kwargs={"rescan_interval": rescan_interval}
+    )
     thread.start()
     assert store.watching.wait(5), "the watcher never armed"
     try:
@@ -51,6 +54,12 @@ def watched(keys_dir: Path) -> Iterator[KeyStore]:
         stop.set()
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+@pytest.fixture
+def watched(keys_dir: Path) -> Iterator[KeyStore]:
+    with _watching(keys_dir, rescan_interval=0.5) as store:
+        yield store
 
 
 def kids(store: KeyStore, project: str = PROJECT) -> set[str] | None:
@@ -382,6 +391,18 @@ def test_an_unchanged_directory_publishes_no_new_snapshot(
 
 
 # -- hot reload --------------------------------------------------------------------
+
+
+def test_file_events_alone_bring_a_change_in_force_within_a_second(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    """With the safety-net rescan an hour away, only the file events can meet the deadline
+    (the ``watched`` store rescans every 0.5 s, which would meet it without them)."""
+    with _watching(keys_dir, rescan_interval=3600) as store:
+        path = write_key(keys_dir / PROJECT, "new", public_pem(ec_key))
+        wait_for(lambda: kids(store) == {"new"}, RELOAD_DEADLINE)
+        path.unlink()
+        wait_for(lambda: kids(store) is None, RELOAD_DEADLINE)
 
 
 def test_an_added_key_is_in_force_within_a_second(
