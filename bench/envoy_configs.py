@@ -124,6 +124,8 @@ def gate_config(
     routes: list[dict[str, Any]] = manager["route_config"]["virtual_hosts"][0]["routes"]
     if upstream is None:
         for route in routes:
+            if "route" not in route:
+                continue  # answers by itself already (the invalid project id route)
             del route["route"]
             route["direct_response"] = {"status": 200, "body": {"inline_string": DIRECT_RESULT}}
             route["response_headers_to_add"] = [
