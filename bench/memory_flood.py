@@ -237,7 +237,7 @@ def flood(args: argparse.Namespace) -> int:
         (keys_dir / PROJECT).mkdir(parents=True)
         (keys_dir / PROJECT / f"{EC_KID}.pem").write_bytes(public_pem(tokens.ec))
         (keys_dir / PROJECT / f"{RSA_KID}.pem").write_bytes(public_pem(tokens.rsa))
-        extra = ["--log-level", args.log_level, "--threads", str(args.server_threads)]
+        extra = ["--log-level", args.log_level]
         server = Server(keys_dir, extra)
         try:
             return _run(args, server, tokens)
@@ -339,7 +339,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=3600, help="stop the flood early")
     parser.add_argument("--idle-seconds", type=float, default=5, help="idle wait at the end")
     parser.add_argument("--log-level", default="INFO", help="the server's (INFO logs each denial)")
-    parser.add_argument("--server-threads", type=int, default=16)
     return flood(parser.parse_args(argv))
 
 

@@ -152,10 +152,13 @@ def start_authz(
     cache_size: int | None = None,
     extra: Sequence[str] = (),
     timeout: float = 60.0,
+    thread_pool: bool = False,
 ) -> ServerProcess:
-    """``authz-server serve`` on ports of the kernel's choosing."""
+    """``authz-server serve`` on ports of the kernel's choosing; with ``thread_pool``, on
+    the thread-pool gRPC server it used before (``bench.sync_server``)."""
     options = serve_options()
-    command = [sys.executable, "-m", "authz_server.cli", "serve", "--keys-dir", str(keys_dir)]
+    module = "bench.sync_server" if thread_pool else "authz_server.cli"
+    command = [sys.executable, "-m", module, "serve", "--keys-dir", str(keys_dir)]
     command += ["--listen", "127.0.0.1:0", *extra]
     if workers > 1:
         if "--workers" not in options:
@@ -168,9 +171,11 @@ def start_authz(
     return ServerProcess(name, command, processes=workers, timeout=timeout).start()
 
 
-def start_trivial(*, workers: int = 1) -> ServerProcess:
+def start_trivial(*, workers: int = 1, thread_pool: bool = False) -> ServerProcess:
     command = [sys.executable, "-m", "bench.trivial_server", "--listen", "127.0.0.1:0"]
     command += ["--workers", str(workers)]
+    if thread_pool:
+        command.append("--thread-pool")
     return ServerProcess("trivial servicer", command, processes=workers).start()
 
 

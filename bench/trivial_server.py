@@ -1,14 +1,16 @@
 """The baseline for section a: the gate's gRPC stack with a Check that always says OK.
 
-Same ``GateServer`` (grpc sync server, thread pool, health service), same request
-deserializer and pass-through response serializer as the real service; only the
+Same ``GateServer`` (gRPC's asyncio server on a loop thread, health service), same
+request deserializer and pass-through response serializer as the real service; only the
 decision is gone: ``Check`` returns one pre-encoded OK ``CheckResponse``. The ratio of
 the real service's throughput to this one is therefore the cost of deciding.
 
-``python -m bench.trivial_server --listen 127.0.0.1:0 [--workers N]`` logs
-``serving on HOST:PORT`` once per serving process, then runs until SIGTERM or SIGINT.
+``python -m bench.trivial_server --listen 127.0.0.1:0 [--workers N] [--thread-pool]``
+logs ``serving on HOST:PORT`` once per serving process, then runs until SIGTERM or SIGINT.
 With ``--workers N`` it runs N such processes, each on a port of its own, the way
 ``authz-server serve --workers N`` does, so that the two compare at the same process count.
+``--thread-pool`` serves it on the thread-pool server the gate used before
+(``bench.sync_server.ThreadPoolGate``, 16 threads): the baseline of section g.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.keystore import Snapshot
 from authz_server.service import AuthorizationService, GateServer
 from authz_server.verifier import Policy
+
+from .sync_server import ThreadPoolGate
 
 __all__ = ["TrivialService", "main"]
 
@@ -49,8 +53,10 @@ class TrivialService(AuthorizationService):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.trivial_server")
     parser.add_argument("--listen", default="127.0.0.1:0")
-    parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--thread-pool", action="store_true", help="the thread-pool server (16 threads)"
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -59,10 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.workers > 1:
         command = [sys.executable, "-m", "bench.trivial_server", "--listen", args.listen]
-        children = [
-            subprocess.Popen([*command, "--threads", str(args.threads)])
-            for _ in range(args.workers)
-        ]
+        if args.thread_pool:
+            command.append("--thread-pool")
+        children = [subprocess.Popen(command) for _ in range(args.workers)]
         while not stop.wait(0.2):
             if any(child.poll() is not None for child in children):
                 break
@@ -72,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             child.wait()
         return 0
 
-    server = GateServer(TrivialService(), args.listen, threads=args.threads)
+    server: GateServer | ThreadPoolGate = (
+        ThreadPoolGate(TrivialService(), args.listen)
+        if args.thread_pool
+        else GateServer(TrivialService(), args.listen)
+    )
     server.start()
     print(f"serving on {server.address}: trivial always-OK servicer", file=sys.stderr, flush=True)
     while not stop.wait(0.2):
