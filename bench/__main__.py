@@ -28,6 +28,7 @@ SECTIONS: Final = {
     "c": "through_envoy",
     "d": "revocation",
     "e": "scale",
+    "f": "flood",
     "g": "server_stack",
 }
 # Modules whose docstrings explain each section's method in RESULTS.md.
@@ -36,6 +37,7 @@ METHOD_DOCS: Final = {
     "through_envoy": ("through_envoy", "envoy_configs"),
     "revocation": ("revocation", "probe"),
     "scale": ("scale",),
+    "flood": ("flood",),
     "server_stack": ("server_stack", "sync_server", "stall"),
 }
 BUSY_CORES: Final = 0.1
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs (about 2 minutes)")
     parser.add_argument(
-        "--only", default="a,b,c,d,e,g", help="comma-separated sections to run (default: all)"
+        "--only", default="a,b,c,d,e,f,g", help="comma-separated sections to run (default: all)"
     )
     parser.add_argument(
         "--duration",
