@@ -1,23 +1,34 @@
 """The customer's side: key pairs and signed JWTs (RS256 or ES256).
 
 Used by the demo, the tests and the command-line tooling. The signer derives the
-algorithm from the private key, as a customer's library would.
+algorithm from the private key, as a customer's library would, and signs through
+joserfc, whose ES256 signatures are the 64-byte ``r||s`` of RFC 7518.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc import jws
+from joserfc.jwk import ECKey, RSAKey
 
 from .keys import Algorithm
 
-__all__ = ["PrivateKey", "algorithm_of", "b64url", "generate_private_key", "mint", "public_pem"]
+__all__ = [
+    "PrivateKey",
+    "algorithm_of",
+    "b64url",
+    "generate_private_key",
+    "mint",
+    "public_pem",
+    "sign",
+]
 
 PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -56,13 +67,42 @@ def mint(
     """A compact JWS signed with ``key``; ``header`` entries override the defaults."""
     alg = algorithm_of(key)
     full_header = {"alg": alg, "typ": "JWT", "kid": kid, **(header or {})}
-    signing_input = ".".join(
-        b64url(json.dumps(part, separators=(",", ":")).encode())
-        for part in (full_header, dict(claims or {}))
+    # The claims are written here rather than by joserfc.jwt.encode, which would write
+    # non-ASCII text as raw UTF-8 and refuse lone surrogates: the payload keeps the bytes
+    # it always had (compact, ASCII-escaped JSON), and claims of any JSON type can be
+    # signed, as the tests of the malformed-token row need.
+    payload = _json(dict(claims or {}))
+    if not header:
+        return jws.serialize_compact(full_header, payload, _signing_key(key), algorithms=[alg])
+    # Header overrides exist to build tokens that a conforming JOSE library refuses to
+    # make: alg none, HS256 or ES256 over an RSA key, a crit member, a kid of any JSON
+    # type, members joserfc does not know. joserfc would refuse or change such a header,
+    # so it is written here, exactly as given; the signature is still joserfc's, made
+    # with the key's own algorithm whatever the header claims.
+    signing_input = f"{b64url(_json(full_header))}.{b64url(payload)}"
+    return f"{signing_input}.{b64url(sign(key, signing_input.encode('ascii')))}"
+
+
+def sign(key: PrivateKey, signing_input: bytes) -> bytes:
+    """The JWS signature of ``signing_input`` by ``key``'s algorithm (RS256 or ES256)."""
+    alg = algorithm_of(key)
+    algorithm = jws.JWSRegistry(algorithms=[alg]).get_alg(alg)
+    signing_key = _signing_key(key)
+    algorithm.check_key(signing_key)
+    return algorithm.sign(signing_input, signing_key)
+
+
+@functools.lru_cache(maxsize=16)
+def _signing_key(key: PrivateKey) -> RSAKey | ECKey:
+    """``key`` as joserfc's key object. joserfc reads private keys from PEM, and loading
+    an RSA private key checks it (some 30 ms for 2048 bits): once per key, not per token."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     if isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    else:
-        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return f"{signing_input}.{b64url(signature)}"
+        return RSAKey.import_key(pem)
+    return ECKey.import_key(pem)
+
+
+def _json(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
