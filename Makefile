@@ -17,7 +17,7 @@ setup: $(SETUP)
 
 ## run: start Envoy, the authz service and a demo JSON-RPC node; prints working curl commands
 run: setup
-	$(BIN)/python -m authz_server.demo
+	$(BIN)/python -m authz_server.devtools.demo
 
 ## test: lint, type-check, then the whole test suite (real keys, real gRPC, a real Envoy)
 test: lint typecheck unit
@@ -38,7 +38,7 @@ protos: setup
 
 ## envoy-config: re-render the checked-in Envoy configs in envoy/
 envoy-config: setup
-	$(BIN)/python -m authz_server.envoy_config
+	$(BIN)/python -m authz_server.devtools.envoy_config
 
 ## bench: benchmarks (not part of `make test`)
 bench: setup

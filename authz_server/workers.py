@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ._signals import StopSignals
-from .app import Settings
+from .server import Settings
 
 __all__ = ["supervise", "worker_addresses"]
 

@@ -1,6 +1,6 @@
 """The Envoy configs of sections b and c: one listener, three ways to authorize.
 
-All three start from the gate's own rendering (``authz_server.envoy_config.render``), so
+All three start from the gate's own rendering (``authz_server.devtools.envoy_config.render``), so
 the HTTP connection manager (path normalization, remote address, local-reply mapper) is
 the same byte for byte; only the authorization filter differs:
 
@@ -23,7 +23,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from authz_server.envoy_config import Endpoint, render
+from authz_server.devtools.envoy_config import Endpoint, render
 
 __all__ = ["DIRECT_RESULT", "MODES", "gate_config"]
 

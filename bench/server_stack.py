@@ -33,8 +33,8 @@ from typing import Final
 
 import grpc
 
-from authz_server.envoy_config import Endpoint
-from authz_server.envoy_process import EnvoyProcess, terminate
+from authz_server.devtools.envoy_config import Endpoint
+from authz_server.devtools.envoy_process import EnvoyProcess, terminate
 
 from . import tools
 from .checks import CHECK_METHOD, RPC_BODY, check_request, grpc_frame

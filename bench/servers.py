@@ -22,7 +22,7 @@ from typing import Final
 
 import grpc
 
-from authz_server.envoy_process import terminate
+from authz_server.devtools.envoy_process import terminate
 
 from . import procfs
 from .checks import CHECK_METHOD
@@ -180,8 +180,14 @@ def start_trivial(*, workers: int = 1, thread_pool: bool = False) -> ServerProce
 
 
 def start_node() -> ServerProcess:
-    """The demo JSON-RPC node (``authz_server.demo_upstream``) in a process of its own."""
-    command = [sys.executable, "-m", "authz_server.demo_upstream", "--listen", "127.0.0.1:0"]
+    """The demo JSON-RPC node (``authz_server.devtools.demo_upstream``) in a process of its own."""
+    command = [
+        sys.executable,
+        "-m",
+        "authz_server.devtools.demo_upstream",
+        "--listen",
+        "127.0.0.1:0",
+    ]
     return ServerProcess(
         "demo JSON-RPC node", command, ready=re.compile(r"listening on (\S+):(\d+)")
     ).start()

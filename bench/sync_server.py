@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authz_server import app, cli
-from authz_server.service import SERVICE_NAME, AuthorizationService
+from authz_server.transports.grpc import SERVICE_NAME, AuthorizationService
 
 __all__ = ["ThreadPoolGate", "main"]
 

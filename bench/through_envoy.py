@@ -29,8 +29,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Final
 
-from authz_server.envoy_config import Endpoint
-from authz_server.envoy_process import EnvoyProcess, validate
+from authz_server.devtools.envoy_config import Endpoint
+from authz_server.devtools.envoy_process import EnvoyProcess, validate
 
 from . import procfs, tools
 from .checks import RPC_BODY, jwks_of

@@ -25,7 +25,7 @@ from typing import Final
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.keystore import Snapshot
-from authz_server.service import AuthorizationService, GateServer
+from authz_server.transports.grpc import AuthorizationService, GateServer
 from authz_server.verifier import Policy
 
 from .sync_server import ThreadPoolGate

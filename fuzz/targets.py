@@ -22,7 +22,7 @@ from jws_oracle import PublicKey, genuinely_signed
 from wycheproof import VECTORS_DIR
 
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from authz_server.admin_jwk import is_jwk, jwk_to_pem
+from authz_server.jwk import is_jwk, jwk_to_pem
 from authz_server.keys import (
     MAX_RSA_BITS,
     MIN_RSA_BITS,
@@ -31,7 +31,7 @@ from authz_server.keys import (
     parse_public_key,
 )
 from authz_server.keystore import ProjectKeys, Snapshot
-from authz_server.service import AuthorizationService
+from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import (
     TABLE_REASONS,
     Allowed,

@@ -12,7 +12,7 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
-from authz_server.envoy_process import terminate
+from authz_server.devtools.envoy_process import terminate
 
 _SERVING = re.compile(r"serving on (\S+):(\d+):")
 

@@ -23,12 +23,12 @@ from authz_server._proto.envoy.service.auth.v3 import (
     external_auth_pb2,
     external_auth_pb2_grpc,
 )
-from authz_server.demo_upstream import JsonRpcNode
-from authz_server.envoy_config import Endpoint, render
-from authz_server.envoy_process import EnvoyProcess
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import Endpoint, render
+from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.keystore import MAX_KEYS_PER_PROJECT
-from authz_server.service import deny_body
 from authz_server.tokens import mint, public_pem
+from authz_server.transports.grpc import deny_body
 from authz_server.verifier import Reason
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"

@@ -56,8 +56,8 @@ from authz_server._proto.envoy.service.auth.v3 import (
 )
 from authz_server.keys import VerifyKey
 from authz_server.keystore import KeyStore, Snapshot
-from authz_server.service import AuthorizationService, GateServer
 from authz_server.tokens import PrivateKey, generate_private_key, public_pem
+from authz_server.transports.grpc import AuthorizationService, GateServer
 from authz_server.verifier import (
     MAX_JSON_BRACKETS,
     Allowed,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from authz_server.demo import DEMO_PROJECT, envoy_config
-from authz_server.envoy_config import LOCAL_CONFIG, LOCAL_PORTS, local_settings, render
+from authz_server.devtools.demo import DEMO_PROJECT, envoy_config
+from authz_server.devtools.envoy_config import LOCAL_CONFIG, LOCAL_PORTS, local_settings, render
 
 
 def _replay(curl: str) -> tuple[int, dict[str, object]]:
@@ -50,7 +50,7 @@ def test_make_run_prints_curl_commands_that_work_and_stops_on_ctrl_c(tmp_path: P
         "DEMO_ADMIN_PORT": "0",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "authz_server.demo"],
+        [sys.executable, "-m", "authz_server.devtools.demo"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from authz_server.demo_upstream import JsonRpcNode
+from authz_server.devtools.demo_upstream import JsonRpcNode
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ def test_it_stops_and_its_port_is_closed_after_the_context() -> None:
 
 def test_the_module_serves_until_sigterm_and_says_where_it_listens() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "authz_server.demo_upstream", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "authz_server.devtools.demo_upstream", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from authz_process import AuthzProcess, authz_server_binary
 
-from authz_server.demo_upstream import JsonRpcNode
+from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.keys import parse_public_key
 from authz_server.keystore import is_candidate
 
@@ -414,7 +414,7 @@ def test_compose_stop_waits_for_the_drain_and_the_grace() -> None:
 
 def test_compose_runs_envoy_the_authorizer_and_a_demo_node() -> None:
     assert set(compose()["services"]) == {"envoy", "authz", "node"}
-    assert compose_command("node")[:3] == ["python", "-m", "authz_server.demo_upstream"]
+    assert compose_command("node")[:3] == ["python", "-m", "authz_server.devtools.demo_upstream"]
     # Both are built from this repository, so compose never tries to pull the local image.
     assert service("authz")["build"] == service("node")["build"] == "."
     assert service("authz")["image"] == service("node")["image"]

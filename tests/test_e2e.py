@@ -21,9 +21,9 @@ from google.rpc import code_pb2, status_pb2
 from support import wait_for
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
-from authz_server.demo_upstream import JsonRpcNode
-from authz_server.envoy_config import Endpoint, ProjectRoute, render
-from authz_server.envoy_process import EnvoyProcess
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import Endpoint, ProjectRoute, render
+from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Reason
 

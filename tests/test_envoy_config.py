@@ -17,9 +17,8 @@ import yaml
 from authz_process import AuthzProcess
 
 from authz_server import cli
-from authz_server.app import Settings
-from authz_server.demo_upstream import JsonRpcNode
-from authz_server.envoy_config import (
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import (
     HEALTH_INTERVAL_S,
     HEALTH_TIMEOUT_S,
     HEALTH_UNHEALTHY_THRESHOLD,
@@ -33,9 +32,10 @@ from authz_server.envoy_config import (
     render_yaml,
     rendered_files,
 )
-from authz_server.envoy_process import EnvoyProcess, validate
-from authz_server.service import SERVICE_NAME
+from authz_server.devtools.envoy_process import EnvoyProcess, validate
+from authz_server.server import Settings
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import SERVICE_NAME
 from authz_server.verifier import Reason
 
 ROOT = Path(__file__).resolve().parent.parent

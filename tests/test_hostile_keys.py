@@ -40,8 +40,8 @@ from authz_server.keys import (
     parse_public_key,
 )
 from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
-from authz_server.service import AuthorizationService
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Allowed, Policy, Reason, decide
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"

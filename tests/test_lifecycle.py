@@ -26,12 +26,12 @@ from test_metrics import KID, PROJECT, check_request
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
-from authz_server.app import Settings, running_gate
-from authz_server.demo_upstream import JsonRpcNode
-from authz_server.envoy_config import AUTHZ_CLUSTER, Endpoint, render
-from authz_server.envoy_process import EnvoyProcess
-from authz_server.service import SERVICE_NAME
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import AUTHZ_CLUSTER, Endpoint, render
+from authz_server.devtools.envoy_process import EnvoyProcess
+from authz_server.server import Settings, running_gate
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import SERVICE_NAME
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -20,8 +20,8 @@ from test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT, check_request
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.keystore import KeyStore
 from authz_server.logging_setup import JsonFormatter
-from authz_server.service import AuthorizationService
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 
 

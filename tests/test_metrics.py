@@ -20,8 +20,8 @@ from authz_server._proto.envoy.service.auth.v3 import (
 )
 from authz_server.keystore import KeyStore
 from authz_server.metrics import CHECK_DURATION_BUCKETS, CheckDurations, CheckMetrics
-from authz_server.service import AuthorizationService
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy, Reason
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"

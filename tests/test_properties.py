@@ -42,8 +42,8 @@ from wycheproof import b64url_decode
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from authz_server.keys import VerifyKey
 from authz_server.keystore import ProjectKeys, Snapshot
-from authz_server.service import AuthorizationService
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import MAX_TOKEN_LENGTH, Allowed, Denied, Policy, bearer_token, decide
 
 EC_KID: Final = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"

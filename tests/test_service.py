@@ -19,8 +19,8 @@ from authz_server._proto.envoy.service.auth.v3 import (
     external_auth_pb2_grpc,
 )
 from authz_server.keystore import KeyStore
-from authz_server.service import AuthorizationService, GateServer, project_of
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import AuthorizationService, GateServer, project_of
 from authz_server.verifier import Policy, Reason
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"

@@ -26,9 +26,9 @@ from support import wait_for
 from test_lifecycle import authz_host_health
 from test_metrics import KID, PROJECT
 
-from authz_server.demo_upstream import JsonRpcNode
-from authz_server.envoy_config import Endpoint, render
-from authz_server.envoy_process import EnvoyProcess
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import Endpoint, render
+from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, mint, public_pem
 
 CONNECTIONS = 8

@@ -28,14 +28,14 @@ from support import BAD_SIGNATURE, MISSING, UNKNOWN_KID, wait_for
 from test_metrics import check_request, parse
 
 from authz_server.cli import main
-from authz_server.demo_upstream import JsonRpcNode
-from authz_server.envoy_config import Endpoint, render
-from authz_server.envoy_process import EnvoyProcess
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import Endpoint, render
+from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.keystore import KeyStore
 from authz_server.metrics import StateCollector
 from authz_server.mounts import is_mount_point
-from authz_server.service import AuthorizationService
 from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"

@@ -17,9 +17,9 @@ from authz_process import AuthzProcess, authz_server_binary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import wait_for
 
-from authz_server.demo_upstream import JsonRpcNode
-from authz_server.envoy_config import Endpoint, render
-from authz_server.envoy_process import EnvoyProcess
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import Endpoint, render
+from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, public_pem
 
 _SERVING = re.compile(r"\[(\d+)\] authz_server: serving on 127\.0\.0\.1:(\d+):")

@@ -13,7 +13,13 @@ import sys
 import time
 from typing import Final
 
-from .admin_common import (
+from ..config import env_value as _env
+from ..config import seconds as _seconds
+from ..keydir import check_project, keystore_warnings
+from ..keystore import KeyStore
+from ..transports.grpc import deny_body
+from ..verifier import Allowed, Policy, bearer_token, decide
+from ._common import (
     FORMATTER,
     AdminError,
     Subcommands,
@@ -23,20 +29,14 @@ from .admin_common import (
     note,
     say,
 )
-from .admin_display import peek, printable, shown_json, time_claim_lines, time_spec
-from .admin_keydir import check_project, keystore_warnings
-from .keystore import KeyStore
-from .options import env_value as _env
-from .options import seconds as _seconds
-from .service import deny_body
-from .verifier import Allowed, Policy, bearer_token, decide
+from ._format import peek, printable, shown_json, time_claim_lines, time_spec
 
-__all__ = ["register_check"]
+__all__ = ["register"]
 
 _MAX_TOKEN_INPUT: Final = 1 << 20
 
 
-def register_check(commands: Subcommands) -> None:
+def register(commands: Subcommands) -> None:
     parser = commands.add_parser(
         "check",
         help="say what the gate would answer for a token (offline)",

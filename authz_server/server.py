@@ -18,7 +18,7 @@ from .cache import DEFAULT_MAX_ENTRIES
 from .keystore import KeyStore
 from .logging_setup import TEXT_FORMAT
 from .metrics import CheckMetrics, MetricsServer, StateCollector
-from .service import AuthorizationService, GateServer
+from .transports.grpc import AuthorizationService, GateServer
 from .verifier import Policy
 
 __all__ = ["DEFAULT_LISTEN", "LOG_FORMAT", "ListenError", "Settings", "running_gate"]

@@ -1,6 +1,6 @@
-"""``authz-server``: command line → :class:`Settings` → running server.
+"""``serve``, ``health`` and ``envoy-config``: command line → :class:`Settings` → running server.
 
-Every option can also come from an ``AUTHZ_``-prefixed environment variable
+Every option of ``serve`` can also come from an ``AUTHZ_``-prefixed environment variable
 (``--keys-dir`` from ``AUTHZ_KEYS_DIR`` and so on); the command line wins.
 Bad configuration exits with status 2 and one line on stderr.
 """
@@ -9,40 +9,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from . import __version__
-from ._signals import StopSignals
-from .app import DEFAULT_LISTEN, ListenError, Settings, running_gate
-from .budget import DEFAULT_RATE
-from .cache import DEFAULT_MAX_ENTRIES
-from .logging_setup import LOG_FORMATS, configure_logging
-from .mounts import missing_mount
-from .options import env_value, flag, host_port, non_negative_int, positive_int, route, seconds
-from .service import GateServer
+from .._signals import StopSignals
+from ..budget import DEFAULT_RATE
+from ..cache import DEFAULT_MAX_ENTRIES
+from ..config import env_value, flag, host_port, non_negative_int, positive_int, route, seconds
+from ..logging_setup import LOG_FORMATS, configure_logging
+from ..mounts import missing_mount
+from ..server import DEFAULT_LISTEN, ListenError, Settings, running_gate
+from ..transports.grpc import GateServer
+from ._common import Subcommands
 
-__all__ = ["Settings", "main", "serve"]
+__all__ = ["register", "serve"]
 
 log = logging.getLogger("authz_server")
 
-# Modules that add sub-commands through a ``register(subparsers)`` function; each
-# command sets ``func`` (args -> exit status) on its parser with set_defaults.
-_COMMAND_MODULES = ("admin",)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="authz-server",
-        description="Envoy ext_authz service enforcing per-project RS256/ES256 JWTs.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def register(commands: Subcommands) -> None:
+    """Add ``serve``, ``health`` and ``envoy-config``."""
     serve_cmd = commands.add_parser(
         "serve",
         help="run the gRPC authorization service",
@@ -199,29 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     envoy_cmd.add_argument("--output", type=Path, help="write here instead of stdout")
     envoy_cmd.set_defaults(func=_envoy_config_command, parser=envoy_cmd)
-    for register in _command_modules():
-        register(commands)
-    return parser
-
-
-def _command_modules() -> list[Callable[[Any], None]]:
-    """``register(subparsers)`` of each module that adds sub-commands (keys, tokens, ...)."""
-    registrars: list[Callable[[Any], None]] = []
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"authz_server.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"authz_server.{name}":
-                raise
-            continue
-        registrars.append(module.register)
-    return registrars
 
 
 def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; return the process exit status."""
     if settings.workers > 1:
-        from .workers import supervise, worker_addresses
+        from ..workers import supervise, worker_addresses
 
         listens = worker_addresses(settings.listen, settings.workers)
         metrics: list[str | None] = [None] * settings.workers
@@ -283,7 +254,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     if args.require_mount and (problem := missing_mount(keys_dir)) is not None:
         args.parser.error(problem)
     if args.workers > 1:
-        from .workers import worker_addresses
+        from ..workers import worker_addresses
 
         try:
             worker_addresses(args.listen, args.workers)
@@ -316,8 +287,8 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 
 def _envoy_config_command(args: argparse.Namespace) -> int:
-    from .envoy_config import Endpoint, ProjectRoute, render_yaml
-    from .workers import worker_addresses
+    from ..devtools.envoy_config import Endpoint, ProjectRoute, render_yaml
+    from ..workers import worker_addresses
 
     def endpoint(address: str) -> Endpoint:
         host, _, port = address.rpartition(":")
@@ -360,12 +331,3 @@ def _health_command(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.address}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,8 @@ and ``net_version``, single calls and batches, with the JSON-RPC error objects f
 errors, invalid requests and unknown methods. It remembers the headers of the latest requests
 (``JsonRpcNode.requests``) so a test can see exactly what Envoy let through.
 
-``python -m authz_server.demo_upstream --listen HOST:PORT`` runs it until SIGINT or SIGTERM.
+``python -m authz_server.devtools.demo_upstream --listen HOST:PORT`` runs it until SIGINT or
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final
 
-from ._signals import StopSignals
+from .._signals import StopSignals
 
 __all__ = ["JsonRpcNode", "main"]
 
@@ -224,7 +225,7 @@ def _parse_listen(value: str) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m authz_server.demo_upstream",
+        prog="python -m authz_server.devtools.demo_upstream",
         description="A demo JSON-RPC node (eth_blockNumber, eth_chainId, net_version).",
     )
     parser.add_argument(

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .admin_common import AdminError
-from .admin_jwk import thumbprint
+from .cli._common import AdminError
+from .jwk import thumbprint
 from .keys import KeyRejected, VerifyKey, is_valid_id
 from .keystore import KEY_SUFFIX, MAX_KEYS_PER_PROJECT, KeyStore, is_candidate, read_key_file
 

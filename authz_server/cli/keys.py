@@ -20,8 +20,20 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from .admin_check import register_check
-from .admin_common import (
+from ..jwk import is_jwk, jwk_to_pem, public_jwk
+from ..keydir import (
+    KeyRow,
+    add_key,
+    check_key_id,
+    check_project,
+    key_rows,
+    project_names,
+    remove_key,
+)
+from ..keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey
+from ..keys import parse_public_key as judge_public_key
+from ..keystore import MAX_KEYS_PER_PROJECT, KeyStore
+from ._common import (
     FORMATTER,
     AdminError,
     Subcommands,
@@ -32,34 +44,13 @@ from .admin_common import (
     read_limited,
     say,
 )
-from .admin_customer import register_keygen, register_token
-from .admin_display import printable, table
-from .admin_jwk import is_jwk, jwk_to_pem, public_jwk
-from .admin_keydir import (
-    KeyRow,
-    add_key,
-    check_key_id,
-    check_project,
-    key_rows,
-    project_names,
-    remove_key,
-)
-from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey
-from .keys import parse_public_key as judge_public_key
-from .keystore import MAX_KEYS_PER_PROJECT, KeyStore
+from ._format import printable, table
 
 __all__ = ["register"]
 
 
 def register(commands: Subcommands) -> None:
-    """Add the tooling commands to ``authz-server``'s sub-commands."""
-    register_keygen(commands)
-    _register_keys(commands)
-    register_token(commands)
-    register_check(commands)
-
-
-def _register_keys(commands: Subcommands) -> None:
+    """Add ``keys add|list|remove|export``."""
     keys = commands.add_parser(
         "keys",
         help="register, list, remove and export a project's public keys",

@@ -30,11 +30,11 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from ._signals import StopSignals
-from .app import ListenError, Settings, running_gate
+from .._signals import StopSignals
 from .demo_upstream import JsonRpcNode
 from .envoy_process import EnvoyProcess
-from .tokens import PrivateKey, generate_private_key, mint, public_pem
+from ..server import ListenError, Settings, running_gate
+from ..tokens import PrivateKey, generate_private_key, mint, public_pem
 
 __all__ = ["DEMO_PROJECT", "DemoKey", "ensure_demo_key", "envoy_config", "main"]
 
@@ -112,9 +112,14 @@ def envoy_config(gate: int, authz: int, node: int, admin: int) -> tuple[dict[str
     """Envoy's config for these ports, and where it comes from: the checked-in
     ``envoy/local.yaml`` at the default ports (when this runs from a checkout), else the
     same rendering with the ports given."""
-    from .envoy_config import LOCAL_CONFIG, LOCAL_PORTS, local_settings, render  # slow import
+    from .envoy_config import (  # slow import
+        LOCAL_CONFIG,
+        LOCAL_PORTS,
+        local_settings,
+        render,
+    )
 
-    checked_in = Path(__file__).resolve().parent.parent / LOCAL_CONFIG
+    checked_in = Path(__file__).resolve().parents[2] / LOCAL_CONFIG
     if (gate, authz, node, admin) == tuple(LOCAL_PORTS.values()) and checked_in.is_file():
         loaded: dict[str, Any] = yaml.safe_load(checked_in.read_text(encoding="utf-8"))
         return loaded, LOCAL_CONFIG

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeAlias
 
-from .options import env_value as _env
+from ..config import env_value as _env
 
 __all__ = [
     "FORMATTER",

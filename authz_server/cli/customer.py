@@ -16,12 +16,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .admin_common import FORMATTER, AdminError, Subcommands, guarded, read_limited, say
-from .admin_display import TimeSpec, time_spec
-from .admin_keydir import write_atomically
-from .keys import MAX_KEY_FILE_BYTES, MIN_RSA_BITS, KeyRejected
-from .keys import parse_public_key as judge_public_key
-from .tokens import PrivateKey, generate_private_key, mint, public_pem
+from ..keydir import write_atomically
+from ..keys import MAX_KEY_FILE_BYTES, MIN_RSA_BITS, KeyRejected
+from ..keys import parse_public_key as judge_public_key
+from ..tokens import PrivateKey, generate_private_key, mint, public_pem
+from ._common import FORMATTER, AdminError, Subcommands, guarded, read_limited, say
+from ._format import TimeSpec, time_spec
 
 __all__ = ["DEFAULT_TOKEN_LIFETIME", "register_keygen", "register_token"]
 

@@ -23,15 +23,15 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ._proto.envoy.config.core.v3 import base_pb2
-from ._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from ._proto.envoy.type.v3 import http_status_pb2
-from .budget import DEFAULT_RATE, FailedCheckBudget
-from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
-from .keystore import Snapshot
-from .logtext import printable
-from .metrics import CheckMetrics
-from .verifier import (
+from .._proto.envoy.config.core.v3 import base_pb2
+from .._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from .._proto.envoy.type.v3 import http_status_pb2
+from ..budget import DEFAULT_RATE, FailedCheckBudget
+from ..cache import DEFAULT_MAX_ENTRIES, CachingVerifier
+from ..keystore import Snapshot
+from ..logtext import printable
+from ..metrics import CheckMetrics
+from ..verifier import (
     Allowed,
     Decision,
     Denied,

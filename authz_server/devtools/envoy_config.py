@@ -10,7 +10,7 @@ failing closed) and then the router; one route per ``ProjectRoute`` that names t
 through ext_authz ``context_extensions``; a catch-all route; an ``authz`` cluster over HTTP/2
 and an ``upstream`` cluster over HTTP/1.1.
 
-``python -m authz_server.envoy_config`` (``make envoy-config``) rewrites the checked-in
+``python -m authz_server.devtools.envoy_config`` (``make envoy-config``) rewrites the checked-in
 files of ``rendered_files()``.
 """
 
@@ -133,7 +133,7 @@ __all__ = [
 ]
 
 AUTHZ_CLUSTER: Final = "authz"
-# The service's own name in grpc.health.v1 (authz_server.service.SERVICE_NAME; a test keeps
+# The service's own name in grpc.health.v1 (authz_server.transports.grpc.SERVICE_NAME; a test keeps
 # them equal without importing gRPC here).
 AUTHZ_HEALTH_SERVICE: Final = "envoy.service.auth.v3.Authorization"
 # Active health checks of the authz cluster: a stopping server answers NOT_SERVING at once
@@ -316,13 +316,13 @@ def rendered_files() -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Rewrite the checked-in renderings (``make envoy-config``), or ``--check`` them."""
     parser = argparse.ArgumentParser(
-        prog="python -m authz_server.envoy_config",
+        prog="python -m authz_server.devtools.envoy_config",
         description="Re-render the checked-in Envoy configs from typed Envoy API objects.",
     )
     parser.add_argument(
         "--root",
         type=Path,
-        default=Path(__file__).resolve().parent.parent,
+        default=Path(__file__).resolve().parents[2],
         help="repository root (default: the checkout this module lives in)",
     )
     parser.add_argument(

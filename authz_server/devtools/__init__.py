@@ -1,0 +1,1 @@
+"""Tools for development and the local demo: never on the request path."""

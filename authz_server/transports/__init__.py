@@ -1,0 +1,1 @@
+"""The ways Envoy asks: one module per transport, all serving one decision core."""
