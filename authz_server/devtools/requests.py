@@ -1,0 +1,41 @@
+"""Envoy's question, built by hand: one ``CheckRequest`` builder for the tests, bench and fuzz.
+
+Envoy fills far more of ``AttributeContext`` than the service reads; this sets what it
+reads (the path, the headers, the route's context extensions, the request id) and the
+method and host a real request carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+
+__all__ = ["check_request"]
+
+
+def check_request(
+    path: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    token: str | None = None,
+    context: Mapping[str, str] | None = None,
+    request_id: str = "",
+    method: str = "POST",
+    host: str = "",
+) -> external_auth_pb2.CheckRequest:
+    """A ``CheckRequest`` for ``method path`` with ``headers``; a ``token`` is added as
+    ``authorization: Bearer <token>`` (over any ``authorization`` in ``headers``), and
+    ``context`` becomes the route's ``context_extensions``."""
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["authorization"] = f"Bearer {token}"
+    http = attribute_context_pb2.AttributeContext.HttpRequest(
+        id=request_id, method=method, path=path, host=host, headers=all_headers
+    )
+    return external_auth_pb2.CheckRequest(
+        attributes=attribute_context_pb2.AttributeContext(
+            request=attribute_context_pb2.AttributeContext.Request(http=http),
+            context_extensions=dict(context or {}),
+        )
+    )
