@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
-import logging
 import os
 import secrets
 import stat
@@ -42,7 +41,6 @@ __all__ = [
     "check_key_id",
     "check_project",
     "key_rows",
-    "keystore_warnings",
     "project_names",
     "remove_key",
     "write_atomically",
@@ -103,9 +101,8 @@ def add_key(
     directory.mkdir(mode=0o755, exist_ok=True)
     with _project_lock(directory, exclusive=True):
         # Every valid key counts, active or not: the loader would refuse one more.
-        counter = KeyStore(keys_dir, max_keys=sys.maxsize)
-        with keystore_warnings():
-            existing = counter.reload([project]).keys_for(project) or {}
+        counter = KeyStore(keys_dir, max_keys=sys.maxsize, quiet=True)
+        existing = counter.reload([project]).keys_for(project) or {}
         if len(existing) >= MAX_KEYS_PER_PROJECT:
             raise AdminError(
                 f"project {project} already has {len(existing)} keys, the most a project "
@@ -150,7 +147,7 @@ def remove_key(keys_dir: Path, project: str, kid: str) -> int:
 def key_rows(store: KeyStore, project: str) -> list[KeyRow]:
     """Every key file of a project, oldest first, with the loader's verdict on each."""
     directory = store.keys_dir / project
-    with _project_lock(directory, exclusive=False), keystore_warnings():
+    with _project_lock(directory, exclusive=False):
         entry = store.reload([project]).projects.get(project)
         active = {} if entry is None else entry.keys
         refused = {} if entry is None else dict(entry.refused)
@@ -170,33 +167,6 @@ def key_rows(store: KeyStore, project: str) -> list[KeyRow]:
                     reason = str(exc)
             rows.append(KeyRow(project, kid, name, added, key, reason))
     return rows
-
-
-@contextlib.contextmanager
-def keystore_warnings() -> Iterator[list[str]]:
-    """Collect the loader's warnings instead of logging them. Refused key files are not
-    among them: they are data, :attr:`~authz_server.keystore.ProjectKeys.refused`."""
-    logger = logging.getLogger("authz_server.keystore")
-    messages: list[str] = []
-    handler = _Collector(messages)
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
-class _Collector(logging.Handler):
-    def __init__(self, messages: list[str]) -> None:
-        super().__init__(logging.WARNING)
-        self.messages = messages
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "event", None) != "keys_refused":
-            self.messages.append(record.getMessage())
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int) -> None:

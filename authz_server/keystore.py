@@ -51,6 +51,8 @@ MAX_KEYS_PER_PROJECT: Final = 25
 KEY_SUFFIX: Final = ".pem"
 
 log = logging.getLogger("authz_server.keystore")
+_SILENT: Final = logging.getLogger("authz_server.keystore.quiet")
+_SILENT.disabled = True
 
 # Events are grouped for at most 50 ms: quick enough for the 1-second promise, and
 # long enough that copying a key file in several writes is read once, whole.
@@ -124,8 +126,13 @@ def is_candidate(name: str) -> bool:
 class KeyStore:
     """Loads and hot-reloads the keys directory; :attr:`snapshot` is always current."""
 
-    def __init__(self, keys_dir: Path, *, max_keys: int = MAX_KEYS_PER_PROJECT) -> None:
+    def __init__(
+        self, keys_dir: Path, *, max_keys: int = MAX_KEYS_PER_PROJECT, quiet: bool = False
+    ) -> None:
         self.keys_dir = keys_dir
+        # The command-line tools read the directory without the server's log lines: what
+        # they need to know (refused files and why) is data, ProjectKeys.refused.
+        self.log = _SILENT if quiet else log
         self.max_keys = max_keys
         self.snapshot = Snapshot(complete=False)
         self._lock = threading.Lock()  # one reload at a time; readers never take it
@@ -222,7 +229,7 @@ class KeyStore:
             return None
         if not self._dir_available:
             self._dir_available = True
-            log.warning(
+            self.log.warning(
                 "keys directory %s is back; reloading keys",
                 self.keys_dir,
                 extra={"event": "keys_dir_back"},
@@ -244,7 +251,7 @@ class KeyStore:
         if mounted:
             if self._root_unmounted:
                 self._root_unmounted = False
-                log.warning(
+                self.log.warning(
                     "keys directory %s is mounted again; reloading keys",
                     self.keys_dir,
                     extra={"event": "keys_dir_remounted"},
@@ -258,7 +265,7 @@ class KeyStore:
             self.unmounts_detected += 1
             # The watcher's watches died with the volume: re-arm on what is there now.
             self.mount_layout = (info.st_dev, *self.mount_layout[1:])
-            log.error(
+            self.log.error(
                 "keys directory %s is no longer a mount point: its volume was unmounted; "
                 "keeping the last good key set until it is mounted again",
                 self.keys_dir,
@@ -269,7 +276,7 @@ class KeyStore:
     def _mark_unavailable(self, exc: OSError) -> None:
         if self._dir_available:
             self._dir_available = False
-            log.error(
+            self.log.error(
                 "keys directory %s unavailable (%s); keeping the last good key set",
                 self.keys_dir,
                 exc.strerror or type(exc).__name__,
@@ -300,7 +307,7 @@ class KeyStore:
         for name in sorted(misnamed - self._misnamed_projects):
             # No request can name it (the gate denies such ids first): said once, not at
             # every rescan.
-            log.warning(
+            self.log.warning(
                 "refused project directory %s: not a project id (1 to 128 of A-Z a-z 0-9 _ -)",
                 printable(self.keys_dir / name),
                 extra={"event": "project_refused", "project": printable(name)},
@@ -319,14 +326,14 @@ class KeyStore:
         except (FileNotFoundError, NotADirectoryError):
             self._unmounted_projects.discard(project)
             if previous is not None:
-                log.info(
+                self.log.info(
                     "project %s: key directory removed; project no longer uses JWT",
                     printable(project),
                     extra={"event": "project_removed", "project": printable(project)},
                 )
             return None
         except OSError as exc:
-            log.error(
+            self.log.error(
                 "project %s: cannot list %s (%s); keeping its last key set",
                 printable(project),
                 printable(directory),
@@ -343,7 +350,7 @@ class KeyStore:
             return previous
         if project in self._unmounted_projects:
             self._unmounted_projects.discard(project)
-            log.warning(
+            self.log.warning(
                 "project %s: key directory %s is mounted again; reloading its keys",
                 printable(project),
                 printable(directory),
@@ -355,7 +362,7 @@ class KeyStore:
             return previous
         if not fingerprint:
             if previous is not None:
-                log.info(
+                self.log.info(
                     "project %s: no key files left; project no longer uses JWT",
                     printable(project),
                     extra={"event": "project_removed", "project": printable(project)},
@@ -382,7 +389,7 @@ class KeyStore:
             return
         self._unmounted_projects.add(project)
         self.unmounts_detected += 1
-        log.error(
+        self.log.error(
             "project %s: key directory %s is no longer a mount point: its volume was "
             "unmounted; keeping its last key set until it is mounted again",
             printable(project),
@@ -408,9 +415,9 @@ class KeyStore:
         refused.extend((name, over_limit) for _mtime, name, _key in loaded[self.max_keys :])
         if refused:
             self.keys_refused += len(refused)
-            _log_refusals(directory, project, refused)
+            _log_refusals(self.log, directory, project, refused)
         active = {key.kid: key for _mtime, _name, key in loaded[: self.max_keys]}
-        log.info(
+        self.log.info(
             "project %s: %d active key(s)",
             printable(project),
             len(active),
@@ -495,13 +502,15 @@ class KeyStore:
             self.reload(projects)
         except Exception as exc:  # the watcher must outlive any one bad reload
             self.reload_failures += 1
-            log.exception(
+            self.log.exception(
                 "key reload failed; keeping the last good key set",
                 extra={"event": "reload_failed", "reason": type(exc).__name__},
             )
 
 
-def _log_refusals(directory: Path, project: str, refused: Sequence[Refusal]) -> None:
+def _log_refusals(
+    log: logging.Logger, directory: Path, project: str, refused: Sequence[Refusal]
+) -> None:
     """One line for all of a project's refused files: the reasons, most frequent first,
     each with its first few files and a count, so that a directory of 10,000 bad files
     costs one line per reload, not 10,000 (``keys list`` shows every one)."""

@@ -21,6 +21,7 @@ from typing import Any, Final, TypeAlias
 from .keys import VerifyKey, is_valid_id
 
 __all__ = [
+    "JSON_RPC_UNAUTHORIZED",
     "MAX_TOKEN_LENGTH",
     "Allowed",
     "Decision",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 MAX_TOKEN_LENGTH: Final = 8 * 1024
+# The JSON-RPC error code of every denial's body.
+JSON_RPC_UNAUTHORIZED: Final = -32013
 SUPPORTED_ALGORITHMS: Final = ("RS256", "ES256")
 
 
@@ -119,6 +122,14 @@ class Denied:
 
 
 Decision: TypeAlias = Allowed | Denied
+
+
+def deny_body(reason: Reason, project: str) -> str:
+    """The JSON-RPC style error body of a denial."""
+    return json.dumps(
+        {"code": JSON_RPC_UNAUTHORIZED, "message": reason.message, "project": project}
+    )
+
 
 _BEARER: Final = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +")
 _COMPACT_JWS: Final = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)")

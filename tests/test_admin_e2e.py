@@ -28,8 +28,7 @@ from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.keystore import MAX_KEYS_PER_PROJECT
 from authz_server.tokens import mint, public_pem
-from authz_server.transports.grpc import deny_body
-from authz_server.verifier import Reason
+from authz_server.verifier import Reason, deny_body
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 RELOAD_DEADLINE = 1.0  # docs/contract.md: a key change takes effect within 1 second

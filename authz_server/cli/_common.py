@@ -24,9 +24,9 @@ __all__ = [
     "existing_keys_dir",
     "guarded",
     "keys_dir_option",
-    "note",
     "read_limited",
-    "say",
+    "write_err",
+    "write_out",
 ]
 
 Command: TypeAlias = Callable[[argparse.Namespace], int]
@@ -62,7 +62,7 @@ def guarded(command: Command, *, error_status: int = 1) -> Command:
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             message = f"{where}{exc.strerror or exc}"
-        note(f"error: {message}")
+        write_err(f"error: {message}")
         return error_status
 
     return run
@@ -96,12 +96,12 @@ def read_limited(path: Path, limit: int) -> bytes:
         return file.read(limit)
 
 
-def say(text: str) -> None:
+def write_out(text: str) -> None:
     """Output for the user or a script, on stdout."""
     sys.stdout.write(text)
     sys.stdout.flush()
 
 
-def note(text: str) -> None:
+def write_err(text: str) -> None:
     """One line on stderr: ``authz-server: <text>``."""
     sys.stderr.write(f"authz-server: {text}\n")

@@ -21,8 +21,8 @@ from typing import Any, Final
 __all__ = [
     "Peek",
     "TimeSpec",
+    "escaped",
     "peek",
-    "printable",
     "shown_json",
     "span",
     "table",
@@ -162,7 +162,7 @@ def shown_json(value: Any) -> str:
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
-def printable(text: str) -> str:
+def escaped(text: str) -> str:
     """A file or key name made safe for one terminal line."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 

@@ -15,10 +15,9 @@ from typing import Final
 
 from ..config import env_value as _env
 from ..config import seconds as _seconds
-from ..keydir import check_project, keystore_warnings
+from ..keydir import check_project
 from ..keystore import KeyStore
-from ..transports.grpc import deny_body
-from ..verifier import Allowed, Policy, bearer_token, decide
+from ..verifier import Allowed, Policy, bearer_token, decide, deny_body
 from ._common import (
     FORMATTER,
     AdminError,
@@ -26,10 +25,10 @@ from ._common import (
     existing_keys_dir,
     guarded,
     keys_dir_option,
-    note,
-    say,
+    write_err,
+    write_out,
 )
-from ._format import peek, printable, shown_json, time_claim_lines, time_spec
+from ._format import escaped, peek, shown_json, time_claim_lines, time_spec
 
 __all__ = ["register"]
 
@@ -84,8 +83,7 @@ def _check(args: argparse.Namespace) -> int:
     token = _token_argument(args.token)
     policy = Policy(leeway=args.leeway, audience_suffix=args.audience_suffix)
     now = time.time() if args.now is None else float(args.now.at(time.time()))
-    with keystore_warnings() as warnings:
-        entry = KeyStore(keys_dir).reload([project]).projects.get(project)
+    entry = KeyStore(keys_dir, quiet=True).reload([project]).projects.get(project)
     keys = None if entry is None else entry.keys
     decision = decide(token, keys, policy, now)
     header, claims = peek(token) if token else (None, None)
@@ -112,10 +110,10 @@ def _check(args: argparse.Namespace) -> int:
             "header": None if header is None else header.value,
             "claims": None if claims is None else claims.value,
         }
-        say(json.dumps(report, indent=2) + "\n")
+        write_out(json.dumps(report, indent=2) + "\n")
     else:
         count = "no keys" if keys is None else f"{len(keys)} active key(s)"
-        lines = [("project", f"{printable(project)} ({count})")]
+        lines = [("project", f"{escaped(project)} ({count})")]
         if header is not None and claims is not None:
             lines.append(("header", header.problem or shown_json(header.value)))
             lines.append(("claims", claims.problem or shown_json(claims.value)))
@@ -123,15 +121,13 @@ def _check(args: argparse.Namespace) -> int:
                 lines.extend((f"  {n}", text) for n, text in time_claim_lines(claims.value, now))
         else:
             lines.append(("token", "none"))
-        lines.append(("answer", printable(answer)))
+        lines.append(("answer", escaped(answer)))
         if body is not None:
             lines.append(("body", f"403 {body}"))
-        say("".join(f"{label:<8}  {text}\n" for label, text in lines))
+        write_out("".join(f"{label:<8}  {text}\n" for label, text in lines))
     for name, reason in () if entry is None else entry.refused:
-        path = printable(str(keys_dir / project / name))
-        note(f"warning: refused key file {path}: {printable(reason)}")
-    for warning in warnings:
-        note(f"warning: {printable(warning)}")
+        path = escaped(str(keys_dir / project / name))
+        write_err(f"warning: refused key file {path}: {escaped(reason)}")
     return 0 if isinstance(decision, Allowed) else 1
 
 

@@ -17,10 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..keydir import write_atomically
-from ..keys import MAX_KEY_FILE_BYTES, MIN_RSA_BITS, KeyRejected
-from ..keys import parse_public_key as judge_public_key
+from ..keys import MAX_KEY_FILE_BYTES, MIN_RSA_BITS, KeyRejected, parse_public_key
 from ..tokens import PrivateKey, generate_private_key, mint, public_pem
-from ._common import FORMATTER, AdminError, Subcommands, guarded, read_limited, say
+from ._common import FORMATTER, AdminError, Subcommands, guarded, read_limited, write_out
 from ._format import TimeSpec, time_spec
 
 __all__ = ["DEFAULT_TOKEN_LIFETIME", "register_keygen", "register_token"]
@@ -68,7 +67,7 @@ def _keygen(args: argparse.Namespace) -> int:
     )
     write_atomically(private_path, private_bytes, mode=0o600)
     write_atomically(public_path, public_pem(key), mode=0o644)
-    say(
+    write_out(
         f"wrote {private_path} (private key, keep it secret)\n"
         f"wrote {public_path} (public key, for the operator:"
         f" authz-server keys add --project PROJECT {public_path})\n"
@@ -122,7 +121,7 @@ def _token(args: argparse.Namespace) -> int:
     if args.aud:
         claims["aud"] = args.aud[0] if len(args.aud) == 1 else args.aud
     claims["iat"] = int(now)
-    say(mint(key, args.kid, claims) + "\n")
+    write_out(mint(key, args.kid, claims) + "\n")
     return 0
 
 
@@ -142,7 +141,7 @@ def _private_key(path: Path) -> PrivateKey:
         kind = type(key).__name__.removesuffix("PrivateKey").lstrip("_")
         raise AdminError(f"{path}: {kind} keys cannot sign RS256 or ES256")
     try:
-        judge_public_key(public_pem(key))
+        parse_public_key(public_pem(key))
     except KeyRejected as exc:
         raise AdminError(f"{path}: the server would refuse its public key: {exc}") from None
     return key

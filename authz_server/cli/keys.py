@@ -30,8 +30,7 @@ from ..keydir import (
     project_names,
     remove_key,
 )
-from ..keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey
-from ..keys import parse_public_key as judge_public_key
+from ..keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
 from ..keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from ._common import (
     FORMATTER,
@@ -40,11 +39,11 @@ from ._common import (
     existing_keys_dir,
     guarded,
     keys_dir_option,
-    note,
     read_limited,
-    say,
+    write_err,
+    write_out,
 )
-from ._format import printable, table
+from ._format import escaped, table
 
 __all__ = ["register"]
 
@@ -147,7 +146,7 @@ def _keys_add(args: argparse.Namespace) -> int:
             if len(data) > MAX_KEY_FILE_BYTES:
                 raise KeyRejected(f"file larger than {MAX_KEY_FILE_BYTES} bytes")
             data, jwk_kid = jwk_to_pem(data)
-        alg, public_key = judge_public_key(data)
+        alg, public_key = parse_public_key(data)
     except KeyRejected as exc:
         raise AdminError(f"refused {source}: {exc}") from None
     key = VerifyKey(kid="", alg=alg, public_key=public_key)
@@ -156,30 +155,30 @@ def _keys_add(args: argparse.Namespace) -> int:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     kid, count = add_key(keys_dir, project, pem, key, name=name)
-    say(kid + "\n")
-    note(
+    write_out(kid + "\n")
+    write_err(
         f"added key {kid} ({key.description}, {alg}) to project {project}: "
         f"{count} of {MAX_KEYS_PER_PROJECT} keys"
     )
     if jwk_kid is not None and jwk_kid != kid:
-        note(f"the JWK's kid {jwk_kid!r} is not used: tokens must carry kid {kid}")
+        write_err(f"the JWK's kid {jwk_kid!r} is not used: tokens must carry kid {kid}")
     return 0
 
 
 def _keys_list(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
     projects = [check_project(args.project)] if args.project else project_names(keys_dir)
-    store = KeyStore(keys_dir)
+    store = KeyStore(keys_dir, quiet=True)
     rows = [row for project in projects for row in key_rows(store, project)]
     if args.json:
-        say(json.dumps([_row_json(row) for row in rows], indent=2) + "\n")
+        write_out(json.dumps([_row_json(row) for row in rows], indent=2) + "\n")
         return 0
     if not rows:
         where = f"project {args.project}" if args.project else str(keys_dir)
-        note(f"no key files in {where}")
+        write_err(f"no key files in {where}")
         return 0
     headers = ("PROJECT", "ID", "NAME", "ALG", "KEY", "ADDED", "THUMBPRINT", "STATUS")
-    say(table(headers, [_row_cells(row) for row in rows]))
+    write_out(table(headers, [_row_cells(row) for row in rows]))
     return 0
 
 
@@ -200,9 +199,9 @@ def _row_json(row: KeyRow) -> dict[str, Any]:
 def _row_cells(row: KeyRow) -> list[str]:
     added = row.added.strftime("%Y-%m-%d %H:%M:%S UTC") if row.added else "-"
     return [
-        printable(row.project),
-        printable(row.kid),
-        printable(row.name or "-"),
+        escaped(row.project),
+        escaped(row.kid),
+        escaped(row.name or "-"),
         row.key.alg if row.key else "-",
         row.key.description if row.key else "-",
         added,
@@ -216,19 +215,23 @@ def _keys_remove(args: argparse.Namespace) -> int:
     project = check_project(args.project)
     kid = check_key_id(args.kid)
     remaining = remove_key(keys_dir, project, kid)
-    say(f"removed key {kid} from project {project}\n")
+    write_out(f"removed key {kid} from project {project}\n")
     if remaining == 0:
-        note(f"warning: project {project} has no keys left: its requests now pass without a JWT")
+        write_err(
+            f"warning: project {project} has no keys left: its requests now pass without a JWT"
+        )
     return 0
 
 
 def _keys_export(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
     project = check_project(args.project)
-    keys = [row.key for row in key_rows(KeyStore(keys_dir), project) if row.key is not None]
-    say(json.dumps({"keys": [public_jwk(key) for key in keys]}, indent=2) + "\n")
+    keys = [
+        row.key for row in key_rows(KeyStore(keys_dir, quiet=True), project) if row.key is not None
+    ]
+    write_out(json.dumps({"keys": [public_jwk(key) for key in keys]}, indent=2) + "\n")
     if not keys:
-        note(f"warning: project {project} has no active keys")
+        write_err(f"warning: project {project} has no active keys")
     return 0
 
 

@@ -8,7 +8,6 @@ It never raises: anything unexpected becomes a denial (the gate fails closed).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -38,6 +37,7 @@ from ..verifier import (
     Policy,
     Reason,
     bearer_token,
+    deny_body,
     project_id_denial,
 )
 
@@ -47,14 +47,12 @@ __all__ = [
     "SERVICE_NAME",
     "AuthorizationService",
     "GateServer",
-    "deny_body",
     "project_of",
 ]
 
 SERVICE_NAME: Final = "envoy.service.auth.v3.Authorization"
 JWT_KID_HEADER: Final = "x-jwt-kid"
 AUTHZ_PROJECT_HEADER: Final = "x-authz-project"
-JSON_RPC_UNAUTHORIZED: Final = -32013
 
 log = logging.getLogger("authz_server.service")
 
@@ -103,13 +101,6 @@ def project_of(attributes: attribute_context_pb2.AttributeContext) -> str:
         return project
     path = attributes.request.http.path.partition("?")[0]
     return path.rstrip("/").rpartition("/")[2]
-
-
-def deny_body(reason: Reason, project: str) -> str:
-    """The JSON-RPC style error body of a denial."""
-    return json.dumps(
-        {"code": JSON_RPC_UNAUTHORIZED, "message": reason.message, "project": project}
-    )
 
 
 class AuthorizationService:
