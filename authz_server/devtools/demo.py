@@ -31,10 +31,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from .._signals import StopSignals
-from .demo_upstream import JsonRpcNode
-from .envoy_process import EnvoyProcess
 from ..server import ListenError, Settings, running_gate
 from ..tokens import PrivateKey, generate_private_key, mint, public_pem
+from .demo_upstream import JsonRpcNode
+from .envoy_process import EnvoyProcess
 
 __all__ = ["DEMO_PROJECT", "DemoKey", "ensure_demo_key", "envoy_config", "main"]
 
