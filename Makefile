@@ -48,8 +48,8 @@ bench: setup
 FUZZ_SECONDS ?= 60
 fuzz: setup
 	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
-	$(BIN)/python fuzz/run.py --target token --seconds $(FUZZ_SECONDS)
-	$(BIN)/python fuzz/run.py --target key --seconds $(FUZZ_SECONDS)
+	$(BIN)/python -m fuzz.run --target token --seconds $(FUZZ_SECONDS)
+	$(BIN)/python -m fuzz.run --target key --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

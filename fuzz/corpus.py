@@ -7,7 +7,7 @@
   valid key or not), the PEM keys of the RSA and ECDSA signature vector files (also as
   PKCS#1 ``RSA PUBLIC KEY``), and private keys as PEM (which must be refused).
 
-Usage: ``python fuzz/corpus.py --target token|key [--out DIR]``; ``run.py`` calls it when
+Usage: ``python -m fuzz.corpus --target token|key [--out DIR]``; ``run.py`` calls it when
 the corpus directory is empty. Files are named by the SHA-1 of their content.
 """
 
@@ -21,12 +21,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-import _paths  # noqa: F401 - tests/ on sys.path, before the shared helpers below
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from jws_oracle import b64url
-from wycheproof import VECTORS_DIR, jwk_pem, jwk_uint
+
+from tests.jws_oracle import b64url
+from tests.wycheproof import VECTORS_DIR, jwk_pem, jwk_uint
 
 CORPUS_DIR: Final = Path(__file__).resolve().parent / "corpus"
 NOW: Final = 1_700_000_000

@@ -1,7 +1,7 @@
 """Fuzz the token parser or the key loader for a bounded time.
 
-    python fuzz/run.py --seconds 60 --target token
-    python fuzz/run.py --seconds 60 --target key [--engine random] [--seed 1]
+    python -m fuzz.run --seconds 60 --target token
+    python -m fuzz.run --seconds 60 --target key [--engine random] [--seed 1]
 
 With atheris installed (``pip install -e '.[fuzz]'``) the run is coverage-guided
 (libFuzzer, the ``authz_server`` package instrumented); without it, or with
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-import corpus
+from fuzz import corpus
 
 HERE: Final = Path(__file__).resolve().parent
 MAX_LEN: Final = {"token": 12 * 1024, "key": 16 * 1024}  # past the 8 KiB token cap
@@ -66,7 +66,7 @@ DICTIONARY: Final = (
 
 def load_target(name: str) -> Callable[[bytes], None]:
     """Import the targets (after atheris has hooked imports, when it runs)."""
-    import targets
+    from fuzz import targets
 
     if name == "token":
         return targets.TokenTarget(targets.vector_keys())
@@ -173,7 +173,7 @@ def run_atheris(
 ) -> int:
     import atheris
 
-    with atheris.instrument_imports(include=["authz_server", "targets"]):
+    with atheris.instrument_imports(include=["authz_server", "fuzz.targets"]):
         target = load_target(target_name)
     artifacts.mkdir(parents=True, exist_ok=True)
     argv = [

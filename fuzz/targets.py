@@ -16,10 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-import _paths  # noqa: F401 - tests/ on sys.path, before the shared helpers below
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jws_oracle import PublicKey, genuinely_signed
-from wycheproof import VECTORS_DIR
 
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from authz_server.jwk import is_jwk, jwk_to_pem
@@ -40,6 +37,8 @@ from authz_server.verifier import (
     bearer_token,
     decide,
 )
+from tests.jws_oracle import PublicKey, genuinely_signed
+from tests.wycheproof import VECTORS_DIR
 
 __all__ = ["VECTORS_DIR", "KeyTarget", "TokenTarget", "vector_keys"]
 

@@ -17,7 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from wycheproof import split_compact
+
+from tests.wycheproof import split_compact
 
 __all__ = ["P256_ORDER", "PublicKey", "b64url", "genuinely_signed"]
 

@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from support import b64, segment, verify_key
 
 from authz_server.cli import main
 from authz_server.cli._format import span, time_spec
 from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Allowed, Policy, Reason, decide, deny_body
+from tests.support import b64, segment, verify_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 NOW = 1_700_000_000  # 2023-11-14 22:13:20 UTC

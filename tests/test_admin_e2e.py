@@ -13,10 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authz_process import AuthzProcess, authz_server_binary
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import code_pb2
-from support import wait_for
 
 from authz_server._proto.envoy.service.auth.v3 import (
     attribute_context_pb2,
@@ -29,6 +27,8 @@ from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.keystore import MAX_KEYS_PER_PROJECT
 from authz_server.tokens import mint, public_pem
 from authz_server.verifier import Reason, deny_body
+from tests.authz_process import AuthzProcess, authz_server_binary
+from tests.support import wait_for
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 RELOAD_DEADLINE = 1.0  # docs/contract.md: a key change takes effect within 1 second

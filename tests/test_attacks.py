@@ -36,18 +36,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 from google.rpc import code_pb2
-from support import (
-    BAD_AUDIENCE,
-    BAD_SIGNATURE,
-    CONTRACT_MESSAGES,
-    EMPTY_KID,
-    EXPIRED,
-    MALFORMED,
-    MISSING,
-    NOT_YET,
-    UNKNOWN_KID,
-    UNSUPPORTED,
-)
 
 from authz_server._proto.envoy.service.auth.v3 import (
     attribute_context_pb2,
@@ -65,6 +53,18 @@ from authz_server.verifier import (
     Policy,
     bearer_token,
     decide,
+)
+from tests.support import (
+    BAD_AUDIENCE,
+    BAD_SIGNATURE,
+    CONTRACT_MESSAGES,
+    EMPTY_KID,
+    EXPIRED,
+    MALFORMED,
+    MISSING,
+    NOT_YET,
+    UNKNOWN_KID,
+    UNSUPPORTED,
 )
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"

@@ -9,8 +9,6 @@ from types import MappingProxyType
 
 import grpc
 import pytest
-from authz_process import AuthzProcess
-from support import BAD_SIGNATURE, verify_key
 
 from authz_server._proto.envoy.service.auth.v3 import (
     attribute_context_pb2,
@@ -22,6 +20,8 @@ from authz_server.cache import CachingVerifier
 from authz_server.keys import VerifyKey
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.verifier import Allowed, Denied, Policy, Reason
+from tests.authz_process import AuthzProcess
+from tests.support import BAD_SIGNATURE, verify_key
 
 NOW = 1_700_000_000
 FLOODED = "flooded-project"

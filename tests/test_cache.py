@@ -5,12 +5,12 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import pytest
-from support import verify_key
 
 from authz_server.cache import MAX_CACHED_TOKEN_LENGTH, CachingVerifier
 from authz_server.keys import VerifyKey
 from authz_server.tokens import PrivateKey, mint
 from authz_server.verifier import Allowed, Denied, Policy, Reason
+from tests.support import verify_key
 
 NOW = 1_700_000_000
 PROJECT = "p"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authz_process import AuthzProcess, authz_server_binary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz_server.tokens import PrivateKey, public_pem
+from tests.authz_process import AuthzProcess, authz_server_binary
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -25,11 +25,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from authz_process import AuthzProcess, authz_server_binary
 
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.keys import parse_public_key
 from authz_server.keystore import is_candidate
+from tests.authz_process import AuthzProcess, authz_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"

@@ -30,11 +30,11 @@ from hypothesis import strategies as st
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
-from support import b64, verify_key
 
 from authz_server.keys import VerifyKey
 from authz_server.tokens import PrivateKey, mint, public_pem, sign
 from authz_server.verifier import MAX_TOKEN_LENGTH, Allowed, Policy, decide
+from tests.support import b64, verify_key
 
 NOW: Final = 1_700_000_000
 RS_KID: Final = "rs-key"

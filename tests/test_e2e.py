@@ -16,9 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
 import pytest
-from authz_process import AuthzProcess
 from google.rpc import code_pb2, status_pb2
-from support import wait_for
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.devtools.demo_upstream import JsonRpcNode
@@ -26,6 +24,8 @@ from authz_server.devtools.envoy_config import Endpoint, ProjectRoute, render
 from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Reason
+from tests.authz_process import AuthzProcess
+from tests.support import wait_for
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 ROUTED = "routed-project"

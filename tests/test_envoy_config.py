@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import yaml
-from authz_process import AuthzProcess
 
 from authz_server import cli
 from authz_server.devtools.demo_upstream import JsonRpcNode
@@ -33,10 +32,11 @@ from authz_server.devtools.envoy_config import (
     rendered_files,
 )
 from authz_server.devtools.envoy_process import EnvoyProcess, validate
-from authz_server.server import Settings
+from authz_server.config import Settings
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import SERVICE_NAME
 from authz_server.verifier import Reason
+from tests.authz_process import AuthzProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_0 = Endpoint("127.0.0.1", 0)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import random
 
-import corpus
 import pytest
-import run
-import targets
-from jws_oracle import b64url, genuinely_signed
-from wycheproof import b64url_decode
 
 from authz_server.tokens import PrivateKey, mint
+from fuzz import corpus, run, targets
+from tests.jws_oracle import b64url, genuinely_signed
+from tests.wycheproof import b64url_decode
 
 MUTANTS = 2000
 

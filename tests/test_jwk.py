@@ -18,12 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from joserfc.jwk import KeySet
-from support import b64, verify_key
 
 import authz_server.jwk
 from authz_server.jwk import is_jwk, jwk_to_pem, public_jwk, thumbprint
 from authz_server.keys import KeyRejected, VerifyKey, parse_public_key
 from authz_server.tokens import PrivateKey
+from tests.support import b64, verify_key
 
 # RFC 7638 section 3.1: an RSA key and its SHA-256 JWK thumbprint.
 RFC7638_JWK: Final = {

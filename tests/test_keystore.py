@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from support import wait_for
 
 from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from authz_server.tokens import PrivateKey, generate_private_key, public_pem
+from tests.support import wait_for
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 RELOAD_DEADLINE = 1.0  # the contract: changes take effect within 1 second

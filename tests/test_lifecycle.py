@@ -18,20 +18,21 @@ from typing import Self
 
 import grpc
 import pytest
-from authz_process import AuthzProcess
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from support import wait_for
-from test_metrics import KID, PROJECT, check_request
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import AUTHZ_CLUSTER, Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
-from authz_server.server import Settings, running_gate
+from authz_server.config import Settings
+from authz_server.server import running_gate
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import SERVICE_NAME
+from tests.authz_process import AuthzProcess
+from tests.support import wait_for
+from tests.test_metrics import KID, PROJECT, check_request
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -12,10 +12,8 @@ from typing import Any
 
 import grpc
 import pytest
-from authz_process import AuthzProcess
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT, check_request
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.keystore import KeyStore
@@ -23,6 +21,8 @@ from authz_server.logging_setup import JsonFormatter
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
+from tests.authz_process import AuthzProcess
+from tests.test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT, check_request
 
 
 def json_lines(log: str) -> list[dict[str, Any]]:

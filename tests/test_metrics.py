@@ -9,9 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authz_process import AuthzProcess
 from prometheus_client.parser import text_string_to_metric_families
-from support import wait_for
 
 from authz_server._proto.envoy.service.auth.v3 import (
     attribute_context_pb2,
@@ -23,6 +21,8 @@ from authz_server.metrics import CHECK_DURATION_BUCKETS, CheckDurations, CheckMe
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy, Reason
+from tests.authz_process import AuthzProcess
+from tests.support import wait_for
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 OPEN_PROJECT = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"

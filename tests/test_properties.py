@@ -25,8 +25,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jws_oracle import P256_ORDER, PublicKey, b64url, genuinely_signed
-from support import (
+
+from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.keys import VerifyKey
+from authz_server.keystore import ProjectKeys, Snapshot
+from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.transports.grpc import AuthorizationService
+from authz_server.verifier import MAX_TOKEN_LENGTH, Allowed, Denied, Policy, bearer_token, decide
+from tests.jws_oracle import P256_ORDER, PublicKey, b64url, genuinely_signed
+from tests.support import (
     BAD_AUDIENCE,
     BAD_SIGNATURE,
     CONTRACT_MESSAGES,
@@ -37,14 +44,7 @@ from support import (
     UNKNOWN_KID,
     UNSUPPORTED,
 )
-from wycheproof import b64url_decode
-
-from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from authz_server.keys import VerifyKey
-from authz_server.keystore import ProjectKeys, Snapshot
-from authz_server.tokens import PrivateKey, mint, public_pem
-from authz_server.transports.grpc import AuthorizationService
-from authz_server.verifier import MAX_TOKEN_LENGTH, Allowed, Denied, Policy, bearer_token, decide
+from tests.wycheproof import b64url_decode
 
 EC_KID: Final = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
 RSA_KID: Final = "6b1a3f0e-15a9-11ee-b7c2-0a58538e0d0c"

@@ -19,17 +19,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authz_process import AuthzProcess
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from raw_http2 import StalledStreams
-from support import wait_for
-from test_lifecycle import authz_host_health
-from test_metrics import KID, PROJECT
 
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, mint, public_pem
+from tests.authz_process import AuthzProcess
+from tests.raw_http2 import StalledStreams
+from tests.support import wait_for
+from tests.test_lifecycle import authz_host_health
+from tests.test_metrics import KID, PROJECT
 
 CONNECTIONS = 8
 STREAMS_PER_CONNECTION = 32  # 256 in all: 16 were enough to stop the thread-pool server

@@ -22,10 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from authz_process import AuthzProcess
 from prometheus_client import CollectorRegistry, generate_latest
-from support import BAD_SIGNATURE, MISSING, UNKNOWN_KID, wait_for
-from test_metrics import check_request, parse
 
 from authz_server.cli import main
 from authz_server.devtools.demo_upstream import JsonRpcNode
@@ -37,6 +34,9 @@ from authz_server.mounts import is_mount_point
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
+from tests.authz_process import AuthzProcess
+from tests.support import BAD_SIGNATURE, MISSING, UNKNOWN_KID, wait_for
+from tests.test_metrics import check_request, parse
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 OTHER = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"

@@ -6,7 +6,6 @@ import base64
 import json
 
 import pytest
-from support import b64, segment, verify_key, with_parts
 
 from authz_server.keys import VerifyKey
 from authz_server.tokens import PrivateKey, b64url, mint
@@ -21,6 +20,7 @@ from authz_server.verifier import (
     decide,
     project_id_denial,
 )
+from tests.support import b64, segment, verify_key, with_parts
 
 NOW = 1_700_000_000
 KID = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"

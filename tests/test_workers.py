@@ -13,14 +13,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from authz_process import AuthzProcess, authz_server_binary
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import wait_for
 
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, public_pem
+from tests.authz_process import AuthzProcess, authz_server_binary
+from tests.support import wait_for
 
 _SERVING = re.compile(r"\[(\d+)\] authz_server: serving on 127\.0\.0\.1:(\d+):")
 

@@ -25,7 +25,11 @@ from typing import Any, TypeVar
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from wycheproof import (
+
+from authz_server.keys import Algorithm, KeyRejected, VerifyKey, parse_public_key
+from authz_server.tokens import b64url
+from authz_server.verifier import Decision, Denied, Policy, Reason, decide
+from tests.wycheproof import (
     VECTORS_DIR,
     JwkCase,
     JwsCase,
@@ -42,10 +46,6 @@ from wycheproof import (
     signature_cases,
     split_compact,
 )
-
-from authz_server.keys import Algorithm, KeyRejected, VerifyKey, parse_public_key
-from authz_server.tokens import b64url
-from authz_server.verifier import Decision, Denied, Policy, Reason, decide
 
 T = TypeVar("T")
 
