@@ -1,8 +1,9 @@
 """Seed corpora for the fuzz targets, generated from the Wycheproof vectors.
 
 - ``token``: every compact JWS in json_web_signature_test.json and json_web_key_test.json,
-  plus tokens minted here with the vectors' own RS256/ES256 private keys over claim shapes
-  that reach rows 7 to 9 (exp, nbf, aud) and a few framings of the header.
+  plus tokens minted (``authz_server.tokens.mint``) with the vectors' own RS256/ES256
+  private keys over claim shapes that reach rows 7 to 9 (exp, nbf, aud) and a few framings
+  of the header.
 - ``key``: every JWK of json_web_key_test.json (as JSON, and as a PEM of its raw numbers,
   valid key or not), the PEM keys of the RSA and ECDSA signature vector files (also as
   PKCS#1 ``RSA PUBLIC KEY``), and private keys as PEM (which must be refused).
@@ -21,11 +22,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.jws_oracle import b64url
+from authz_server.tokens import mint
 from tests.wycheproof import VECTORS_DIR, jwk_pem, jwk_uint
 
 CORPUS_DIR: Final = Path(__file__).resolve().parent / "corpus"
@@ -52,20 +52,6 @@ def _private_key(jwk: Mapping[str, Any]) -> rsa.RSAPrivateKey | ec.EllipticCurve
     curve = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
     point = ec.EllipticCurvePublicNumbers(jwk_uint(jwk, "x"), jwk_uint(jwk, "y"), curve[jwk["crv"]])
     return ec.EllipticCurvePrivateNumbers(jwk_uint(jwk, "d"), point).private_key()
-
-
-def _mint(
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    header: Mapping[str, Any],
-    claims: Mapping[str, Any],
-) -> str:
-    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
-    if isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    else:
-        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return f"{signing_input}.{b64url(signature)}"
 
 
 _CLAIMS: Final[tuple[dict[str, Any], ...]] = (
@@ -97,10 +83,9 @@ def token_seeds(vectors_dir: Path = VECTORS_DIR) -> Iterator[bytes]:
         key = _private_key(private)
         kid = private.get("kid", "")
         for claims in _CLAIMS:
-            token = _mint(key, {"alg": private["alg"], "typ": "JWT", "kid": kid}, claims)
-            yield token.encode()
-        yield _mint(key, {"alg": private["alg"], "kid": kid, "crit": ["exp"]}, {}).encode()
-        valid = _mint(key, {"alg": private["alg"], "kid": kid}, {"exp": NOW + 60})
+            yield mint(key, kid, claims).encode()
+        yield mint(key, kid, {}, header={"crit": ["exp"]}).encode()
+        valid = mint(key, kid, {"exp": NOW + 60})
         for framed in (f"Bearer {valid}", f"bearer   {valid}", f"Bearer {valid}, Bearer x"):
             yield framed.encode()
     yield from (b"", b".", b"..", b"a.b.c", b"Bearer ", b"e30.e30.")

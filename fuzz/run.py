@@ -25,8 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from fuzz import corpus
-
 HERE: Final = Path(__file__).resolve().parent
 MAX_LEN: Final = {"token": 12 * 1024, "key": 16 * 1024}  # past the 8 KiB token cap
 DICTIONARY: Final = (
@@ -168,13 +166,26 @@ def run_random(
 # -- atheris ------------------------------------------------------------------------------------
 
 
-def run_atheris(
-    target_name: str, seconds: float, corpus_dir: Path, artifacts: Path, *, seed: int, max_len: int
-) -> int:
+def instrumented_target(name: str) -> Callable[[bytes], None]:
+    """The target, with ``authz_server`` and the targets imported under atheris' coverage
+    instrumentation (which covers only what is first imported inside it)."""
     import atheris
 
     with atheris.instrument_imports(include=["authz_server", "fuzz.targets"]):
-        target = load_target(target_name)
+        return load_target(name)
+
+
+def run_atheris(
+    target: Callable[[bytes], None],
+    seconds: float,
+    corpus_dir: Path,
+    artifacts: Path,
+    *,
+    seed: int,
+    max_len: int,
+) -> int:
+    import atheris
+
     artifacts.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.argv[0],
@@ -209,20 +220,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=HERE / "artifacts")
     args = parser.parse_args(argv)
 
-    corpus_dir: Path = args.corpus or HERE / "corpus" / args.target
-    if not corpus_dir.is_dir() or not any(corpus_dir.iterdir()):
-        count = corpus.build(args.target, corpus_dir)
-        _say(f"built {count} {args.target} seeds from the Wycheproof vectors in {corpus_dir}")
     engine = args.engine
     if engine == "auto":
         engine = "atheris" if importlib.util.find_spec("atheris") else "random"
+    # The target before the corpus: the corpus builder imports authz_server (its tokens are
+    # signed by authz_server.tokens), and atheris instruments only what it sees imported.
+    target = instrumented_target(args.target) if engine == "atheris" else load_target(args.target)
+    corpus_dir: Path = args.corpus or HERE / "corpus" / args.target
+    if not corpus_dir.is_dir() or not any(corpus_dir.iterdir()):
+        from fuzz import corpus
+
+        count = corpus.build(args.target, corpus_dir)
+        _say(f"built {count} {args.target} seeds from the Wycheproof vectors in {corpus_dir}")
     _say(f"fuzzing {args.target} for {args.seconds:g} s with the {engine} engine")
     max_len = MAX_LEN[args.target]
     if engine == "atheris":
         return run_atheris(
-            args.target, args.seconds, corpus_dir, args.artifacts, seed=args.seed, max_len=max_len
+            target, args.seconds, corpus_dir, args.artifacts, seed=args.seed, max_len=max_len
         )
-    target = load_target(args.target)
     return run_random(
         target, args.seconds, corpus_dir, args.artifacts, seed=args.seed, max_len=max_len
     )
