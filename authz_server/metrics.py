@@ -27,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .config import Endpoint
 from .verifier import Reason
 
 if TYPE_CHECKING:
@@ -203,10 +204,10 @@ class MetricsServer:
     def __init__(self, registry: CollectorRegistry, listen: str) -> None:
         from prometheus_client.exposition import start_http_server
 
-        host, _, port = listen.rpartition(":")
-        self.host = host
+        endpoint = Endpoint.parse(listen)
+        self.endpoint = endpoint
         server: WSGIServer
-        server, self._thread = start_http_server(int(port), host.strip("[]"), registry)
+        server, self._thread = start_http_server(endpoint.port, endpoint.host, registry)
         self._server = server
 
     @property
@@ -215,7 +216,7 @@ class MetricsServer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return str(Endpoint(self.endpoint.host, self.port))
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -10,54 +10,23 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-from .budget import DEFAULT_RATE
-from .cache import DEFAULT_MAX_ENTRIES
+from .config import THREADS_DEFAULT, Settings
 from .keystore import KeyStore
 from .logging_setup import TEXT_FORMAT
 from .metrics import CheckMetrics, MetricsServer, StateCollector
 from .transports.grpc import AuthorizationService, GateServer
 from .verifier import Policy
 
-__all__ = ["DEFAULT_LISTEN", "LOG_FORMAT", "ListenError", "Settings", "running_gate"]
+__all__ = ["LOG_FORMAT", "ListenError", "running_gate"]
 
 LOG_FORMAT = TEXT_FORMAT
 
 log = logging.getLogger("authz_server")
 
-# A service in a container or beside Envoy listens on every interface by default.
-DEFAULT_LISTEN = "0.0.0.0:9001"
-# --threads sized the thread pool of the gRPC server before it became asynchronous; the
-# option is still accepted, and ignored, so that existing command lines keep working.
-THREADS_DEFAULT = 16
-
 
 class ListenError(OSError):
     """The gRPC server could not bind its listen address."""
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    keys_dir: Path
-    listen: str = DEFAULT_LISTEN
-    audience_suffix: str = ""
-    leeway: float = 0.0
-    forward_jwt: bool = False
-    rescan_interval: float = 1.0
-    threads: int = THREADS_DEFAULT  # deprecated and ignored: no call holds a thread any more
-    log_level: str = "INFO"
-    grace: float = 5.0  # seconds the calls in flight get to finish once the server stops
-    # Seconds between a stop signal and the server's stop, answering all along with health
-    # NOT_SERVING, so that health-checking clients (Envoy, Kubernetes) move away first.
-    drain_delay: float = 5.0
-    cache_size: int = DEFAULT_MAX_ENTRIES
-    # Seconds per second of failed signature checks allowed per project; 0: no limit.
-    failed_check_budget: float = DEFAULT_RATE
-    workers: int = 1
-    metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
-    log_format: str = "text"
 
 
 @contextmanager

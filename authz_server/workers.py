@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Final
 
 from ._signals import StopSignals
-from .server import Settings
+from .config import Endpoint, Settings
 
-__all__ = ["supervise", "worker_addresses"]
+__all__ = ["supervise", "worker_settings"]
 
 log = logging.getLogger("authz_server.workers")
 
@@ -35,18 +35,28 @@ _RESTARTS_ALLOWED: Final = 5
 _RESTART_WINDOW_S: Final = 60.0
 
 
-def worker_addresses(listen: str, workers: int) -> list[str]:
-    """``HOST:PORT`` for each worker: consecutive ports (each its own with port 0)."""
-    host, _, port = listen.rpartition(":")
-    first = int(port)
-    if first and first + workers - 1 > 65535:
-        raise ValueError(f"{workers} workers from port {first} run past port 65535")
-    return [f"{host}:{first + i if first else 0}" for i in range(workers)]
+def worker_settings(settings: Settings) -> list[Settings]:
+    """Each worker's settings: worker i listens on PORT+i, and serves metrics on the
+    metrics PORT+i (with port 0, each gets a port of its own)."""
+    count = settings.workers
+    listens = Endpoint.parse(settings.listen).consecutive(count)
+    metrics: list[Endpoint | None] = [None] * count
+    if settings.metrics_listen is not None:
+        metrics = list(Endpoint.parse(settings.metrics_listen).consecutive(count))
+    return [
+        dataclasses.replace(
+            settings,
+            listen=str(listen),
+            metrics_listen=None if metric is None else str(metric),
+        )
+        for listen, metric in zip(listens, metrics, strict=True)
+    ]
 
 
 def supervise(settings: Settings, run_worker: Callable[[Settings], int]) -> int:
     """Run ``settings.workers`` forked copies of ``run_worker``; return the exit status."""
-    addresses = worker_addresses(settings.listen, settings.workers)
+    workers = worker_settings(settings)
+    addresses = [worker.listen for worker in workers]
     children: dict[int, int] = {}  # pid -> worker number
     restarts: deque[float] = deque()
 
@@ -58,7 +68,7 @@ def supervise(settings: Settings, run_worker: Callable[[Settings], int]) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             status = 1
             try:
-                status = run_worker(dataclasses.replace(settings, listen=addresses[number]))
+                status = run_worker(workers[number])
             finally:
                 logging.shutdown()
                 os._exit(status)

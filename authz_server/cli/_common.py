@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeAlias
 
-from ..config import env_value as _env
+from ..config import add_option
 
 __all__ = [
     "FORMATTER",
@@ -70,13 +70,12 @@ def guarded(command: Command, *, error_status: int = 1) -> Command:
 
 def keys_dir_option(parser: argparse.ArgumentParser) -> None:
     """``--keys-dir``, defaulting to ``AUTHZ_KEYS_DIR`` as for ``serve``."""
-    from_env = _env("keys_dir")
-    parser.add_argument(
+    add_option(
+        parser,
         "--keys-dir",
         type=Path,
-        required=from_env is None,
-        default=Path(from_env) if from_env else None,
-        help="directory of <project>/<kid>.pem keys [env AUTHZ_KEYS_DIR]",
+        required=True,
+        help="directory of <project>/<kid>.pem keys",
     )
 
 

@@ -13,8 +13,7 @@ import sys
 import time
 from typing import Final
 
-from ..config import env_value as _env
-from ..config import seconds as _seconds
+from ..config import add_option, seconds
 from ..keydir import check_project
 from ..keystore import KeyStore
 from ..verifier import Allowed, Policy, bearer_token, decide, deny_body
@@ -56,16 +55,18 @@ def register(commands: Subcommands) -> None:
         metavar="TOKEN",
         help="the JWT, or `Bearer <jwt>`; - or nothing reads it from stdin",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--audience-suffix",
-        default=_env("audience_suffix") or "",
-        help="as for serve: when set, `aud` must end with it [env AUTHZ_AUDIENCE_SUFFIX]",
+        default="",
+        help="as for serve: when set, `aud` must end with it",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--leeway",
-        type=_seconds,
-        default=_env("leeway") or "0",
-        help="as for serve: clock skew allowed on exp/nbf, seconds [env AUTHZ_LEEWAY]",
+        type=seconds,
+        default="0",
+        help="as for serve: clock skew allowed on exp/nbf, seconds",
     )
     parser.add_argument(
         "--now",

@@ -8,7 +8,6 @@ Bad configuration exits with status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -17,10 +16,21 @@ from pathlib import Path
 from .._signals import StopSignals
 from ..budget import DEFAULT_RATE
 from ..cache import DEFAULT_MAX_ENTRIES
-from ..config import env_value, flag, host_port, non_negative_int, positive_int, route, seconds
+from ..config import (
+    DEFAULT_LISTEN,
+    Endpoint,
+    Settings,
+    add_option,
+    flag,
+    host_port,
+    non_negative_int,
+    positive_int,
+    route,
+    seconds,
+)
 from ..logging_setup import LOG_FORMATS, configure_logging
 from ..mounts import missing_mount
-from ..server import DEFAULT_LISTEN, ListenError, Settings, running_gate
+from ..server import ListenError, running_gate
 from ..transports.grpc import GateServer
 from ._common import Subcommands
 
@@ -39,14 +49,7 @@ def register(commands: Subcommands) -> None:
     )
 
     def option(name: str, **kwargs: object) -> None:
-        dest = name.removeprefix("--").replace("-", "_")
-        from_env = env_value(dest)
-        help_text = str(kwargs.pop("help", ""))
-        help_text += f" [env AUTHZ_{dest.upper()}]"
-        if from_env is not None:
-            kwargs["default"] = from_env  # argparse applies `type` to string defaults
-            kwargs.pop("required", None)
-        serve_cmd.add_argument(name, help=help_text, **kwargs)  # type: ignore[arg-type]
+        add_option(serve_cmd, name, **kwargs)
 
     serve_cmd.set_defaults(func=_serve_command, parser=serve_cmd)
     option("--keys-dir", required=True, type=Path, help="directory of <project>/<kid>.pem keys")
@@ -192,20 +195,9 @@ def register(commands: Subcommands) -> None:
 def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; return the process exit status."""
     if settings.workers > 1:
-        from ..workers import supervise, worker_addresses
+        from ..workers import supervise
 
-        listens = worker_addresses(settings.listen, settings.workers)
-        metrics: list[str | None] = [None] * settings.workers
-        if settings.metrics_listen is not None:
-            metrics = list(worker_addresses(settings.metrics_listen, settings.workers))
-
-        def run_worker(worker: Settings) -> int:
-            # The supervisor hands each worker its own gRPC address; its metrics
-            # address is the one at the same position (PORT+i).
-            number = listens.index(worker.listen)
-            return _serve_one(dataclasses.replace(worker, metrics_listen=metrics[number]))
-
-        return supervise(settings, run_worker)
+        return supervise(settings, _serve_one)
     return _serve_one(settings)
 
 
@@ -254,12 +246,10 @@ def _serve_command(args: argparse.Namespace) -> int:
     if args.require_mount and (problem := missing_mount(keys_dir)) is not None:
         args.parser.error(problem)
     if args.workers > 1:
-        from ..workers import worker_addresses
-
         try:
-            worker_addresses(args.listen, args.workers)
+            Endpoint.parse(args.listen).consecutive(args.workers)
             if args.metrics_listen is not None:
-                worker_addresses(args.metrics_listen, args.workers)
+                Endpoint.parse(args.metrics_listen).consecutive(args.workers)
         except ValueError as exc:
             args.parser.error(str(exc))
         metrics_listen = args.metrics_listen
@@ -287,22 +277,16 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 
 def _envoy_config_command(args: argparse.Namespace) -> int:
-    from ..devtools.envoy_config import Endpoint, ProjectRoute, render_yaml
-    from ..workers import worker_addresses
-
-    def endpoint(address: str) -> Endpoint:
-        host, _, port = address.rpartition(":")
-        return Endpoint(host.strip("[]"), int(port))
+    from ..devtools.envoy_config import ProjectRoute, render_yaml
 
     admin = None
     if args.admin.lower() != "none":
-        admin = endpoint(host_port(args.admin))
+        admin = Endpoint.parse(host_port(args.admin))
     try:
-        authz = [endpoint(a) for a in worker_addresses(args.authz, args.workers)]
         text = render_yaml(
-            listen=endpoint(args.listen),
-            authz=authz,
-            upstream=endpoint(args.upstream),
+            listen=Endpoint.parse(args.listen),
+            authz=Endpoint.parse(args.authz).consecutive(args.workers),
+            upstream=Endpoint.parse(args.upstream),
             admin=admin,
             project_routes=[ProjectRoute(prefix, project) for prefix, project in args.route],
             authz_timeout_s=args.authz_timeout,

@@ -31,7 +31,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from .._signals import StopSignals
-from ..server import ListenError, Settings, running_gate
+from ..config import Settings
+from ..server import ListenError, running_gate
 from ..tokens import PrivateKey, generate_private_key, mint, public_pem
 from .demo_upstream import JsonRpcNode
 from .envoy_process import EnvoyProcess

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from .._signals import StopSignals
+from ..config import Endpoint
 
 __all__ = ["JsonRpcNode", "main"]
 
@@ -216,10 +217,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        endpoint = Endpoint.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return endpoint.host, endpoint.port
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from .._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_
 from .._proto.envoy.type.v3 import http_status_pb2
 from ..budget import DEFAULT_RATE, FailedCheckBudget
 from ..cache import DEFAULT_MAX_ENTRIES, CachingVerifier
+from ..config import Endpoint
 from ..keystore import Snapshot
 from ..logtext import printable
 from ..metrics import CheckMetrics
@@ -373,8 +374,7 @@ class GateServer:
     @property
     def address(self) -> str:
         """The listen address with the port actually bound (useful with port 0)."""
-        host = self.listen.rpartition(":")[0]
-        return f"{host}:{self.port}"
+        return str(Endpoint(Endpoint.parse(self.listen).host, self.port))
 
     def start(self, *, serving: bool = True) -> None:
         """Start answering; health says SERVING only when ``serving`` (else NOT_SERVING
