@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from authz_server import cli
+from authz_server.config import Settings
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import (
     HEALTH_INTERVAL_S,
@@ -32,7 +33,6 @@ from authz_server.devtools.envoy_config import (
     rendered_files,
 )
 from authz_server.devtools.envoy_process import EnvoyProcess, validate
-from authz_server.config import Settings
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import SERVICE_NAME
 from authz_server.verifier import Reason

@@ -23,10 +23,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server._proto.envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from authz_server.config import Settings
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import AUTHZ_CLUSTER, Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
-from authz_server.config import Settings
 from authz_server.server import running_gate
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import SERVICE_NAME
