@@ -21,7 +21,6 @@ a table with every answer counted by message. Loopback only; not part of ``make 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -43,7 +42,7 @@ from authz_server._proto.envoy.service.auth.v3 import (
     external_auth_pb2,
     external_auth_pb2_grpc,
 )
-from authz_server.tokens import generate_private_key, mint, public_pem
+from authz_server.tokens import b64url, generate_private_key, mint, public_pem
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 EC_KID: Final = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
@@ -58,12 +57,8 @@ EXPECTED: Final = {
 _SERVING: Final = re.compile(r"serving on (\S+):(\d+):")
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _segment(obj: object) -> str:
-    return _b64(json.dumps(obj, separators=(",", ":")).encode())
+    return b64url(json.dumps(obj, separators=(",", ":")).encode())
 
 
 class Tokens:
@@ -80,14 +75,14 @@ class Tokens:
         kind = KINDS[i % len(KINDS)]
         claims = {"jti": i, "sub": "flood"}
         if kind == "forged-es256":
-            token = f"{self._es_header}.{_segment(claims)}.{_b64(os.urandom(64))}"
+            token = f"{self._es_header}.{_segment(claims)}.{b64url(os.urandom(64))}"
         elif kind == "unknown-kid":
             header = _segment({"alg": "ES256", "typ": "JWT", "kid": f"flood-kid-{i}"})
-            token = f"{header}.{_segment(claims)}.{_b64(os.urandom(64))}"
+            token = f"{header}.{_segment(claims)}.{b64url(os.urandom(64))}"
         elif kind == "expired-es256":
             token = mint(self.ec, EC_KID, {**claims, "exp": self._expired})
         else:
-            token = f"{self._rs_header}.{_segment(claims)}.{_b64(os.urandom(256))}"
+            token = f"{self._rs_header}.{_segment(claims)}.{b64url(os.urandom(256))}"
         return kind, token
 
 

@@ -90,7 +90,11 @@ def _b64_segment_mutation(rng: random.Random, data: bytes) -> bytes:
     except ValueError:
         return data
     decoded = bytearray(_byte_mutation(rng, bytes(decoded), ()))
-    parts[index] = base64.urlsafe_b64encode(bytes(decoded)).rstrip(b"=")
+    # Imported here, not at the top: under atheris, authz_server is imported only inside
+    # its instrumentation (and this loop is the random engine's alone).
+    from authz_server.tokens import b64url
+
+    parts[index] = b64url(bytes(decoded)).encode("ascii")
     return b".".join(parts)
 
 

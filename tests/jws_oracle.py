@@ -9,7 +9,6 @@ must be one this says is genuinely signed.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Final, TypeAlias
 
@@ -20,16 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tests.wycheproof import split_compact
 
-__all__ = ["P256_ORDER", "PublicKey", "b64url", "genuinely_signed"]
+__all__ = ["P256_ORDER", "PublicKey", "genuinely_signed"]
 
 P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 PublicKey: TypeAlias = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-
-
-def b64url(data: bytes) -> str:
-    """Unpadded base64url."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def genuinely_signed(token: str, keys: Mapping[str, tuple[str, PublicKey]]) -> bool:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from authz_server.keys import VerifyKey, parse_public_key
-from authz_server.tokens import PrivateKey, public_pem
+from authz_server.tokens import PrivateKey, b64url, public_pem
 
 # The contract's messages, spelled out here rather than taken from the code under test.
 MISSING: Final = "missing JWT token"
@@ -33,8 +32,8 @@ def verify_key(kid: str, private: PrivateKey) -> VerifyKey:
 
 
 def b64(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """:func:`authz_server.tokens.b64url` of bytes, or of text as UTF-8."""
+    return b64url(data.encode() if isinstance(data, str) else data)
 
 
 def segment(obj: Any) -> str:

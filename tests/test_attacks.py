@@ -44,7 +44,7 @@ from authz_server._proto.envoy.service.auth.v3 import (
 )
 from authz_server.keys import VerifyKey
 from authz_server.keystore import KeyStore, Snapshot
-from authz_server.tokens import PrivateKey, generate_private_key, public_pem
+from authz_server.tokens import PrivateKey, b64url, generate_private_key, public_pem
 from authz_server.transports.grpc import AuthorizationService, GateServer
 from authz_server.verifier import (
     MAX_JSON_BRACKETS,
@@ -86,10 +86,6 @@ Part: TypeAlias = Mapping[str, Any] | bytes  # a JSON object, or the raw bytes o
 # -- building tokens by hand ----------------------------------------------------------
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def b64_std(data: bytes) -> str:
     """The standard alphabet (``+``/``/``), unpadded: not base64url."""
     return base64.b64encode(data).rstrip(b"=").decode("ascii")
@@ -108,11 +104,11 @@ def unb64(segment: str) -> bytes:
 def signed(header_segment: str, payload_segment: str, sign: Signer | None) -> str:
     """``h.p.sig`` with the signature computed over exactly the text ``h.p``."""
     signature = b"" if sign is None else sign(f"{header_segment}.{payload_segment}".encode())
-    return f"{header_segment}.{payload_segment}.{b64(signature)}"
+    return f"{header_segment}.{payload_segment}.{b64url(signature)}"
 
 
 def jws(header: Part, payload: Part = b"{}", sign: Signer | None = None) -> str:
-    return signed(b64(raw(header)), b64(raw(payload)), sign)
+    return signed(b64url(raw(header)), b64url(raw(payload)), sign)
 
 
 def es_signer(key: ec.EllipticCurvePrivateKey, algorithm: hashes.HashAlgorithm) -> Signer:
@@ -153,15 +149,15 @@ def public_jwk(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> dict[str, s
         n, e = numbers.n, numbers.e
         return {
             "kty": "RSA",
-            "n": b64(n.to_bytes((n.bit_length() + 7) // 8, "big")),
-            "e": b64(e.to_bytes((e.bit_length() + 7) // 8, "big")),
+            "n": b64url(n.to_bytes((n.bit_length() + 7) // 8, "big")),
+            "e": b64url(e.to_bytes((e.bit_length() + 7) // 8, "big")),
         }
     point = key.public_numbers()
     return {
         "kty": "EC",
         "crv": "P-256",
-        "x": b64(point.x.to_bytes(32, "big")),
-        "y": b64(point.y.to_bytes(32, "big")),
+        "x": b64url(point.x.to_bytes(32, "big")),
+        "y": b64url(point.y.to_bytes(32, "big")),
     }
 
 
@@ -439,7 +435,7 @@ add(
     "jwk-attacker-hmac-key",
     UNSUPPORTED,
     lambda w: jws(
-        {"alg": "HS256", "kid": EC_KID, "jwk": {"kty": "oct", "k": b64(b"k" * 32)}},
+        {"alg": "HS256", "kid": EC_KID, "jwk": {"kty": "oct", "k": b64url(b"k" * 32)}},
         {},
         hs_signer(b"k" * 32, "sha256"),
     ),
@@ -482,7 +478,7 @@ add(
     BAD_SIGNATURE,
     lambda w: jws(
         ec_header(
-            **{"x5t#S256": b64(hashlib.sha256(self_signed_certificate(w.attacker_ec)).digest())}
+            **{"x5t#S256": b64url(hashlib.sha256(self_signed_certificate(w.attacker_ec)).digest())}
         ),
         {},
         w.es256(w.attacker_ec),
@@ -564,7 +560,7 @@ add(
 
 
 def _es_sig(w: World, mangle: Callable[[int, int], bytes]) -> str:
-    h, p = b64(raw(ec_header())), b64(b'{"sub":"x"}')
+    h, p = b64url(raw(ec_header())), b64url(b'{"sub":"x"}')
     r, s = decode_dss_signature(w.ec.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())))
     return signed(h, p, fixed(mangle(r, s)))
 
@@ -614,7 +610,7 @@ add(
 def _rsa_leading_zero_stripped(w: World) -> str:
     """A genuine RS256 signature that starts with a zero byte, sent without it (255 bytes)."""
     for jti in range(20_000):
-        h, p = b64(raw(rsa_header())), b64(raw({"jti": jti}))
+        h, p = b64url(raw(rsa_header())), b64url(raw({"jti": jti}))
         signature = w.rsa.sign(f"{h}.{p}".encode(), padding.PKCS1v15(), hashes.SHA256())
         if signature[0] == 0:
             return signed(h, p, fixed(signature[1:]))
@@ -675,7 +671,7 @@ def _bleichenbacher_e3_forgery(w: World) -> str:
     """Bleichenbacher 2006: against e = 3, a cube root whose cube *starts* with a valid
     PKCS#1 v1.5 block and ends in garbage fools a verifier that does not check the
     padding's full length. No private key is used."""
-    h, p = b64(raw({"alg": "RS256", "kid": E3_KID})), b64(raw({"sub": "admin"}))
+    h, p = b64url(raw({"alg": "RS256", "kid": E3_KID})), b64url(raw({"sub": "admin"}))
     digest = hashlib.sha256(f"{h}.{p}".encode()).digest()
     prefix = b"\x00\x01\xff\x00" + _SHA256_DIGEST_INFO + digest
     target = int.from_bytes(prefix + b"\x00" * (256 - len(prefix)), "big")
@@ -697,7 +693,7 @@ def _resign(w: World, h: str, p: str) -> str:
 
 
 def _ec_segments() -> tuple[str, str]:
-    return b64(raw(ec_header())), b64(_PAYLOAD_WITH_URL_CHARS)
+    return b64url(raw(ec_header())), b64url(_PAYLOAD_WITH_URL_CHARS)
 
 
 def _pad(segment: str) -> str:
@@ -725,7 +721,7 @@ def _trailing_bits(segment: str) -> str:
 
 def _header_with_tail(tail: int) -> str:
     for pad in range(8):
-        h = b64(raw(ec_header(pad="x" * pad)))
+        h = b64url(raw(ec_header(pad="x" * pad)))
         if len(h) % 4 == tail:
             return h
     raise AssertionError("unreachable")
@@ -815,11 +811,11 @@ add(
     MALFORMED,
     lambda w: ".".join(
         (
-            b64(raw({"alg": "RSA-OAEP", "enc": "A256GCM", "kid": EC_KID})),
-            b64(bytes(256)),
-            b64(bytes(12)),
-            b64(b"ciphertext"),
-            b64(bytes(16)),
+            b64url(raw({"alg": "RSA-OAEP", "enc": "A256GCM", "kid": EC_KID})),
+            b64url(bytes(256)),
+            b64url(bytes(12)),
+            b64url(b"ciphertext"),
+            b64url(bytes(16)),
         )
     ),
 )
@@ -828,11 +824,11 @@ add(
     MALFORMED,
     lambda w: ".".join(
         (
-            b64(raw({"alg": "dir", "enc": "A128GCM", "kid": EC_KID})),
+            b64url(raw({"alg": "dir", "enc": "A128GCM", "kid": EC_KID})),
             "",
-            b64(bytes(12)),
-            b64(b"ct"),
-            b64(bytes(16)),
+            b64url(bytes(12)),
+            b64url(b"ct"),
+            b64url(bytes(16)),
         )
     ),
 )
@@ -1000,10 +996,10 @@ for _name, _claims, _expected in _CLAIM_CASES:
 def _unencoded_payload(w: World, crit: bool) -> str:
     """RFC 7797: the signature covers the payload bytes, not their base64url."""
     header = ec_header(b64=False, **({"crit": ["b64"]} if crit else {}))
-    h = b64(raw(header))
+    h = b64url(raw(header))
     payload = b'{"sub":"admin"}'
     signature = w.es256()(h.encode() + b"." + payload)
-    return f"{h}.{b64(payload)}.{b64(signature)}"
+    return f"{h}.{b64url(payload)}.{b64url(signature)}"
 
 
 add("crit-b64-false", MALFORMED, lambda w: _unencoded_payload(w, crit=True))
@@ -1026,20 +1022,24 @@ add(
 add(
     "b64-false-crit-detached-payload",
     MALFORMED,
-    lambda w: _resign(w, b64(raw(ec_header(b64=False, crit=["b64"]))), ""),
+    lambda w: _resign(w, b64url(raw(ec_header(b64=False, crit=["b64"]))), ""),
 )
 add(
     "zip-deflated-payload",
     MALFORMED,
     lambda w: signed(
-        b64(raw(ec_header(zip="DEF"))), b64(zlib.compress(b'{"sub":"admin"}')[2:-4]), w.es256()
+        b64url(raw(ec_header(zip="DEF"))),
+        b64url(zlib.compress(b'{"sub":"admin"}')[2:-4]),
+        w.es256(),
     ),
 )
 add(
     "zip-deflate-bomb-payload",
     MALFORMED,
     lambda w: signed(
-        b64(raw(ec_header(zip="DEF"))), b64(zlib.compress(b"{" * 4_000_000, 9)[2:-4]), w.es256()
+        b64url(raw(ec_header(zip="DEF"))),
+        b64url(zlib.compress(b"{" * 4_000_000, 9)[2:-4]),
+        w.es256(),
     ),
 )
 add(
@@ -1053,12 +1053,12 @@ add(
 
 def _sized(w: World, length: int) -> str:
     """A token genuinely signed by the registered key, exactly ``length`` characters long."""
-    signature_length = len(b64(bytes(64)))
+    signature_length = len(b64url(bytes(64)))
     for extra in range(4):
-        h = b64(raw(ec_header(pad="x" * extra)))
+        h = b64url(raw(ec_header(pad="x" * extra)))
         wanted = length - len(h) - 2 - signature_length
         for fill in range(max(0, wanted * 3 // 4 - 16), wanted * 3 // 4 + 4):
-            p = b64(raw({"pad": "x" * fill}))
+            p = b64url(raw({"pad": "x" * fill}))
             if len(p) == wanted:
                 token = _resign(w, h, p)
                 assert len(token) == length
@@ -1067,8 +1067,8 @@ def _sized(w: World, length: int) -> str:
 
 
 def _big_token(w: World, size: int) -> str:
-    h = b64(raw(ec_header()))
-    p = b64(raw({"pad": "x" * (size * 3 // 4)}))
+    h = b64url(raw(ec_header()))
+    p = b64url(raw({"pad": "x" * (size * 3 // 4)}))
     return _resign(w, h, p)
 
 
@@ -1333,7 +1333,7 @@ def test_the_bleichenbacher_forgery_would_fool_a_lenient_verifier(world: World) 
 def test_the_controls_without_the_attack_are_allowed(world: World) -> None:
     """Each family's builder, minus its twist, yields a token the gate allows: what the
     suite refuses is the twist, not a slip in how the token was made."""
-    assert "-" in b64(_PAYLOAD_WITH_URL_CHARS)  # so the standard alphabet differs
+    assert "-" in b64url(_PAYLOAD_WITH_URL_CHARS)  # so the standard alphabet differs
     controls = {
         "es256": jws(ec_header(), {}, world.es256()),
         "rs256": jws(rsa_header(), {}, world.rs256()),

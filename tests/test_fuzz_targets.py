@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from authz_server.tokens import PrivateKey, mint
+from authz_server.tokens import PrivateKey, b64url, mint
 from fuzz import corpus, run, targets
-from tests.jws_oracle import b64url, genuinely_signed
+from tests.jws_oracle import genuinely_signed
 from tests.wycheproof import b64url_decode
 
 MUTANTS = 2000

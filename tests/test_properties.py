@@ -18,21 +18,17 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from authz_server.keys import VerifyKey
 from authz_server.keystore import ProjectKeys, Snapshot
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, b64url, mint, public_pem, sign
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import MAX_TOKEN_LENGTH, Allowed, Denied, Policy, bearer_token, decide
-from tests.jws_oracle import P256_ORDER, PublicKey, b64url, genuinely_signed
+from tests.jws_oracle import P256_ORDER, PublicKey, genuinely_signed
 from tests.support import (
     BAD_AUDIENCE,
     BAD_SIGNATURE,
@@ -389,10 +385,9 @@ def assert_table_answer(
     p = b64url(json.dumps(claims).encode())
     signing_input = f"{h}.{p}".encode()
     if signer == EC_KID:
-        r, s = decode_dss_signature(registered.ec.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        signature = sign(registered.ec, signing_input)
     elif signer == RSA_KID:
-        signature = registered.rsa.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        signature = sign(registered.rsa, signing_input)
     else:
         signature = bytes(64)
     token = f"{h}.{p}.{b64url(signature)}"

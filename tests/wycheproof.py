@@ -29,6 +29,8 @@ from typing import Any, Final, Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from authz_server.tokens import b64url
+
 __all__ = [
     "VECTORS_DIR",
     "CompactJws",
@@ -252,7 +254,7 @@ def b64url_decode(segment: str) -> bytes:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except binascii.Error as exc:
         raise ValueError("not base64url") from exc
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+    if b64url(raw) != segment:
         raise ValueError("non-canonical base64url")
     return raw
 
