@@ -28,11 +28,11 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, is_valid_id, parse_public_key
 from .logtext import printable
@@ -58,6 +58,7 @@ _SILENT.disabled = True
 # long enough that copying a key file in several writes is read once, whole.
 _DEBOUNCE_MS: Final = 50
 _STEP_MS: Final = 20
+_WAKE_MS: Final = 250
 # The safety-net rescan runs at most once per this many of its own durations.
 _RESCAN_COST_FACTOR: Final = 20
 
@@ -437,44 +438,67 @@ class KeyStore:
         every ``rescan_interval`` seconds, or every 20 rescan durations on trees so
         large that a rescan is costly. Sets :attr:`watching` once file events are
         being received."""
-        from watchfiles._rust_notify import RustNotify  # only a running server watches
+        import watchfiles  # only a running server watches
 
+        # How often the watcher wakes when nothing happens, to see whether a full rescan
+        # is due; also the longest wait before the first rescan once it is armed.
+        wake_ms = max(1, min(_WAKE_MS, int(rescan_interval * 1000)))
         while not stop.is_set():
+            events = watchfiles.watch(
+                self.keys_dir,
+                watch_filter=None,  # every entry counts: a dot-file renamed into place too
+                debounce=_DEBOUNCE_MS,
+                step=_STEP_MS,
+                stop_event=stop,
+                rust_timeout=wake_ms,
+                yield_on_timeout=True,
+                debug=False,
+                raise_interrupt=False,
+                force_polling=False,
+                recursive=True,
+                ignore_permission_denied=True,
+            )
             try:
-                notify = RustNotify([str(self.keys_dir)], False, False, 0, True, True)
+                self._follow(events, stop, rescan_interval)
             except (OSError, RuntimeError):  # the directory is gone: rescan until it is back
                 self._safe_reload(None)
-                stop.wait(rescan_interval)
-                continue
-            with notify:
-                # Anything changed between the last load and arming the watcher is seen here.
+            finally:
+                events.close()
+                self.watching.clear()
+            stop.wait(rescan_interval)
+
+    def _follow(
+        self,
+        events: Iterator[set[tuple[Any, str]]],
+        stop: threading.Event,
+        rescan_interval: float,
+    ) -> None:
+        """Apply ``events`` until ``stop``, or until the watcher must be armed anew."""
+        last_full = full_cost = 0.0
+        armed_on = self.mount_layout
+        for changes in events:
+            if not self.watching.is_set():
+                # The first answer means the watcher is armed: anything changed between
+                # the last load and now is seen by this rescan, anything later by events.
                 last_full, full_cost = self._timed_full_reload()
                 armed_on = self.mount_layout
                 self.watching.set()
-                while not stop.is_set():
-                    # Measured: 50,000 keys take ~0.5 s to rescan; at a fixed 1 s that is
-                    # half a core spent idle, and events queued behind it waited.
-                    interval = max(rescan_interval, _RESCAN_COST_FACTOR * full_cost)
-                    timeout_ms = max(1, int((last_full + interval - time.monotonic()) * 1000))
-                    try:
-                        result = notify.watch(_DEBOUNCE_MS, _STEP_MS, timeout_ms, stop)
-                    except (OSError, RuntimeError):
-                        break
-                    if result == "stop":
-                        return
-                    projects = None
-                    if isinstance(result, set):
-                        projects = self._projects_of(path for _change, path in result)
-                        if projects:  # events first: they never wait for a full rescan
-                            self._safe_reload(projects)
-                    if projects is None or time.monotonic() - last_full >= interval:
-                        last_full, full_cost = self._timed_full_reload()
-                        if not self._dir_available or self.mount_layout != armed_on:
-                            # Re-arm: on the directory once it is back; on the volumes
-                            # mounted now (no file event says a volume came or went).
-                            break
-            self.watching.clear()
-            stop.wait(rescan_interval)
+                if not changes:
+                    continue
+            # Measured: 50,000 keys take ~0.5 s to rescan; at a fixed 1 s that is half a
+            # core spent idle, and events queued behind it waited.
+            interval = max(rescan_interval, _RESCAN_COST_FACTOR * full_cost)
+            projects = self._projects_of(path for _change, path in changes)
+            if projects:  # events first: they never wait for a full rescan
+                self._safe_reload(projects)
+            if projects is None or time.monotonic() - last_full >= interval:
+                last_full, full_cost = self._timed_full_reload()
+                if not self._dir_available or self.mount_layout != armed_on:
+                    # Arm anew: on the directory once it is back; on the volumes mounted
+                    # now (no file event says a volume came or went).
+                    return
+            if stop.is_set():
+                return
 
     def _timed_full_reload(self) -> tuple[float, float]:
         start = time.monotonic()
