@@ -19,7 +19,8 @@ from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 
-from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.devtools import requests as envoy_requests
 from authz_server.tokens import PrivateKey, b64url, generate_private_key, mint, public_pem
 
 __all__ = [
@@ -96,20 +97,10 @@ def check_request(path: str, token: str | None, *, request_id: str = "") -> byte
         "x-forwarded-proto": "http",
         "x-request-id": request_id or str(uuid.uuid4()),
     }
-    if token is not None:
-        headers["authorization"] = f"Bearer {token}"
-    attributes = attribute_context_pb2.AttributeContext(
-        request=attribute_context_pb2.AttributeContext.Request(
-            http=attribute_context_pb2.AttributeContext.HttpRequest(
-                id=headers["x-request-id"],
-                method="POST",
-                headers=headers,
-                path=path,
-                host="127.0.0.1",
-            )
-        )
+    request = envoy_requests.check_request(
+        path, headers=headers, token=token, request_id=headers["x-request-id"], host="127.0.0.1"
     )
-    return external_auth_pb2.CheckRequest(attributes=attributes).SerializeToString()
+    return request.SerializeToString()
 
 
 def grpc_frame(message: bytes) -> bytes:

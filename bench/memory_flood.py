@@ -38,10 +38,9 @@ from typing import Final
 import grpc
 
 from authz_server._proto.envoy.service.auth.v3 import (
-    attribute_context_pb2,
-    external_auth_pb2,
     external_auth_pb2_grpc,
 )
+from authz_server.devtools.requests import check_request
 from authz_server.tokens import b64url, generate_private_key, mint, public_pem
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
@@ -84,24 +83,6 @@ class Tokens:
         else:
             token = f"{self._rs_header}.{_segment(claims)}.{b64url(os.urandom(256))}"
         return kind, token
-
-
-def check_request(token: str, i: int) -> external_auth_pb2.CheckRequest:
-    return external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    id=f"flood-{i}",
-                    method="POST",
-                    path=f"/eth/{PROJECT}",
-                    headers={
-                        "authorization": f"Bearer {token}",
-                        "content-type": "application/json",
-                    },
-                )
-            )
-        )
-    )
 
 
 # -- the server process -------------------------------------------------------------------
@@ -196,7 +177,12 @@ def _sender(
             if stop.is_set():
                 break
             kind, token = tokens(i)
-            request = check_request(token, i)
+            request = check_request(
+                f"/eth/{PROJECT}",
+                headers={"content-type": "application/json"},
+                token=token,
+                request_id=f"flood-{i}",
+            )
             slots.acquire()
             future = stub.Check.future(request, timeout=60)
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.devtools.requests import check_request
 from authz_server.jwk import is_jwk, jwk_to_pem
 from authz_server.keys import (
     MAX_RSA_BITS,
@@ -98,15 +98,7 @@ class TokenTarget:
             raise AssertionError(f"not a contract answer: {decision!r} for {token!r}")
 
     def _check(self, header: str) -> None:
-        request = external_auth_pb2.CheckRequest(
-            attributes=attribute_context_pb2.AttributeContext(
-                request=attribute_context_pb2.AttributeContext.Request(
-                    http=attribute_context_pb2.AttributeContext.HttpRequest(
-                        path=f"/eth/{PROJECT}", headers={"authorization": header}
-                    )
-                )
-            )
-        )
+        request = check_request(f"/eth/{PROJECT}", headers={"authorization": header})
         response = self.service.check(request)
         response.SerializeToString()
         if response.WhichOneof("http_response") == "denied_response":

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import code_pb2
 
 from authz_server._proto.envoy.service.auth.v3 import (
-    attribute_context_pb2,
     external_auth_pb2,
     external_auth_pb2_grpc,
 )
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
+from authz_server.devtools.requests import check_request
 from authz_server.keystore import MAX_KEYS_PER_PROJECT
 from authz_server.tokens import mint, public_pem
 from authz_server.verifier import Reason, deny_body
@@ -80,17 +80,7 @@ class Stack:
 
     def check(self, project: str, token: str) -> external_auth_pb2.CheckResponse:
         """Envoy's question to the service, asked over gRPC as Envoy asks it."""
-        request = external_auth_pb2.CheckRequest(
-            attributes=attribute_context_pb2.AttributeContext(
-                request=attribute_context_pb2.AttributeContext.Request(
-                    http=attribute_context_pb2.AttributeContext.HttpRequest(
-                        method="POST",
-                        path=f"/eth/{project}",
-                        headers={"authorization": f"Bearer {token}"},
-                    )
-                )
-            )
-        )
+        request = check_request(f"/eth/{project}", token=token)
         response: external_auth_pb2.CheckResponse = self.stub.Check(request, timeout=5)
         return response
 

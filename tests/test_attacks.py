@@ -38,10 +38,10 @@ from cryptography.x509.oid import NameOID
 from google.rpc import code_pb2
 
 from authz_server._proto.envoy.service.auth.v3 import (
-    attribute_context_pb2,
     external_auth_pb2,
     external_auth_pb2_grpc,
 )
+from authz_server.devtools.requests import check_request
 from authz_server.keys import VerifyKey
 from authz_server.keystore import KeyStore, Snapshot
 from authz_server.tokens import PrivateKey, b64url, generate_private_key, public_pem
@@ -1208,17 +1208,10 @@ def grpc_stub(world: World) -> Iterator[external_auth_pb2_grpc.AuthorizationStub
         server.stop(grace=1)
 
 
-def check_request(authorization: str | None) -> external_auth_pb2.CheckRequest:
+def attack_request(authorization: str | None) -> external_auth_pb2.CheckRequest:
+    """The project's request with the attack's Authorization header as it is (or none)."""
     headers = {} if authorization is None else {"authorization": authorization}
-    return external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    id="attack", method="POST", path=f"/eth/{PROJECT}", headers=headers
-                )
-            )
-        )
-    )
+    return check_request(f"/eth/{PROJECT}", headers=headers, request_id="attack")
 
 
 def denial_body(response: external_auth_pb2.CheckResponse) -> dict[str, Any]:
@@ -1250,7 +1243,7 @@ def test_the_servicer_refuses_with_the_json_rpc_body_and_logs_no_token(
 ) -> None:
     header = world.header_for(attack)
     with caplog.at_level(logging.DEBUG):
-        response = world.service.check(check_request(header))
+        response = world.service.check(attack_request(header))
     assert denial_body(response) == {
         "code": -32013,
         "message": attack.expected,
@@ -1269,7 +1262,7 @@ def test_a_real_grpc_call_is_refused(
     grpc_stub: external_auth_pb2_grpc.AuthorizationStub,
     no_network: NetworkAttempts,
 ) -> None:
-    response = grpc_stub.Check(check_request(world.header_for(attack)), timeout=10)
+    response = grpc_stub.Check(attack_request(world.header_for(attack)), timeout=10)
     assert denial_body(response) == {
         "code": -32013,
         "message": attack.expected,

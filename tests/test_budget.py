@@ -10,13 +10,10 @@ from types import MappingProxyType
 import grpc
 import pytest
 
-from authz_server._proto.envoy.service.auth.v3 import (
-    attribute_context_pb2,
-    external_auth_pb2,
-    external_auth_pb2_grpc,
-)
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.budget import FailedCheckBudget
 from authz_server.cache import CachingVerifier
+from authz_server.devtools.requests import check_request
 from authz_server.keys import VerifyKey
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.verifier import Allowed, Denied, Policy, Reason
@@ -128,18 +125,7 @@ def test_valid_tokens_never_spend_the_budget(
 
 def _check(stub: external_auth_pb2_grpc.AuthorizationStub, project: str, token: str) -> str:
     """The message of the service's answer, or "allowed"."""
-    request = external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    method="POST",
-                    path=f"/eth/{project}",
-                    headers={"authorization": f"Bearer {token}"},
-                )
-            )
-        )
-    )
-    response = stub.Check(request, timeout=5)
+    response = stub.Check(check_request(f"/eth/{project}", token=token), timeout=5)
     if response.status.code == 0:
         return "allowed"
     return str(json.loads(response.denied_response.body)["message"])

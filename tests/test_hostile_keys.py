@@ -32,7 +32,7 @@ from typing import Any, Final, TypeVar
 import pytest
 
 import authz_server.keystore as keystore_module
-from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.devtools.requests import check_request
 from authz_server.keys import (
     MAX_KEY_FILE_BYTES,
     KeyRejected,
@@ -685,16 +685,7 @@ def test_a_key_file_whose_name_is_not_utf8_is_refused_and_never_makes_the_servic
     assert "is not a key id (1 to 128 of A-Z a-z 0-9 _ -)" in caplog.text
     token = mint(ec_key, "\udcff", {})
     service = AuthorizationService(lambda: store.snapshot, Policy())
-    request = external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    path=f"/eth/{PROJECT}", headers={"authorization": f"Bearer {token}"}
-                )
-            )
-        )
-    )
-    response = service.check(request)
+    response = service.check(check_request(f"/eth/{PROJECT}", token=token))
     assert json.loads(response.denied_response.body)["message"] == (Reason.UNKNOWN_KEY_ID.message)
 
 

@@ -27,12 +27,13 @@ from authz_server.config import Settings
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import AUTHZ_CLUSTER, Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
+from authz_server.devtools.requests import check_request
 from authz_server.server import running_gate
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import SERVICE_NAME
 from tests.authz_process import AuthzProcess
 from tests.support import wait_for
-from tests.test_metrics import KID, PROJECT, check_request
+from tests.test_metrics import KID, PROJECT
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -164,7 +165,7 @@ def test_sigterm_under_load_fails_no_call_and_exits_zero(
     leaves before the server stops. Not one call fails."""
     token = mint(ec_key, KID, {"exp": time.time() + 600})
     with AuthzProcess(keys_dir, "--drain-delay", "5") as process:
-        with CheckLoad(process.address, check_request(PROJECT, token)) as load:
+        with CheckLoad(process.address, check_request(f"/eth/{PROJECT}", token=token)) as load:
             wait_for(lambda: len(load.ok) >= 300, timeout=30)
             process.signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -190,7 +191,7 @@ def test_sigterm_under_load_fails_no_call_and_exits_zero(
 
 def test_a_second_signal_cuts_the_drain_short(keys_dir: Path, ec_key: PrivateKey) -> None:
     token = mint(ec_key, KID, {"exp": time.time() + 600})
-    request = check_request(PROJECT, token)
+    request = check_request(f"/eth/{PROJECT}", token=token)
     with AuthzProcess(keys_dir, "--drain-delay", "120") as process:
         process.signal(signal.SIGTERM)
         wait_for(lambda: "still answering for 120s" in process.log, timeout=10)

@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from authz_server.devtools.requests import check_request
 from authz_server.keystore import KeyStore
 from authz_server.logging_setup import JsonFormatter
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 from tests.authz_process import AuthzProcess
-from tests.test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT, check_request
+from tests.test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT
 
 
 def json_lines(log: str) -> list[dict[str, Any]]:
@@ -67,9 +68,9 @@ def test_json_denial_carries_fields_and_request_id(
     service = AuthorizationService(lambda: store.snapshot, Policy())
     forged = mint(other_ec_key, KID, {"exp": time.time() + 600})
     valid = mint(ec_key, KID, {"exp": time.time() + 600})
-    service.check(check_request(PROJECT, forged, request_id="a1b2-c3d4"))
-    service.check(check_request(PROJECT, valid))
-    service.check(check_request(PROJECT))
+    service.check(check_request(f"/eth/{PROJECT}", token=forged, request_id="a1b2-c3d4"))
+    service.check(check_request(f"/eth/{PROJECT}", token=valid))
+    service.check(check_request(f"/eth/{PROJECT}"))
     entries = json_lines(captured.getvalue())
     (refused,) = [e for e in entries if e.get("event") == "keys_refused"]
     assert refused | {"time": "", "message": ""} == {
@@ -115,8 +116,10 @@ def test_serve_json_logs(keys_dir: Path, ec_key: PrivateKey) -> None:
     ) as process:
         with grpc.insecure_channel(process.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-            stub.Check(check_request(PROJECT, expired, request_id="rq-99"), timeout=5)
-            stub.Check(check_request(OPEN_PROJECT), timeout=5)
+            stub.Check(
+                check_request(f"/eth/{PROJECT}", token=expired, request_id="rq-99"), timeout=5
+            )
+            stub.Check(check_request(f"/eth/{OPEN_PROJECT}"), timeout=5)
         assert process.stop() == 0
     entries = json_lines(process.log)
     (serving,) = [e for e in entries if e.get("event") == "serving"]
@@ -150,7 +153,7 @@ def test_text_format_is_unchanged(keys_dir: Path, ec_key: PrivateKey) -> None:
     with AuthzProcess(keys_dir) as process:
         with grpc.insecure_channel(process.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
-            stub.Check(check_request(PROJECT, token, request_id="rq-5"), timeout=5)
+            stub.Check(check_request(f"/eth/{PROJECT}", token=token, request_id="rq-5"), timeout=5)
         assert process.stop() == 0
     assert f" INFO authz_server: serving on {process.address}: keys dir " in process.log
     assert (

@@ -11,11 +11,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from authz_server._proto.envoy.service.auth.v3 import (
-    attribute_context_pb2,
-    external_auth_pb2,
-    external_auth_pb2_grpc,
-)
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
+from authz_server.devtools.requests import check_request
 from authz_server.keystore import KeyStore
 from authz_server.metrics import CHECK_DURATION_BUCKETS, CheckDurations, CheckMetrics
 from authz_server.tokens import PrivateKey, mint, public_pem
@@ -31,21 +28,6 @@ BAD_KID = "not-a-key-9f1c"
 _METRICS = re.compile(r"metrics on http://(\S+)/metrics")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def check_request(
-    project: str, token: str | None = None, request_id: str = ""
-) -> external_auth_pb2.CheckRequest:
-    headers = {} if token is None else {"authorization": f"Bearer {token}"}
-    return external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    id=request_id, method="POST", path=f"/eth/{project}", headers=headers
-                )
-            )
-        )
-    )
 
 
 def parse(text: str) -> Samples:
@@ -90,10 +72,12 @@ def test_scrape_counts_decisions_and_state_without_ids(
         with grpc.insecure_channel(process.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             codes = [
-                stub.Check(check_request(PROJECT, token, "req-7f3a"), timeout=5).status.code
+                stub.Check(
+                    check_request(f"/eth/{PROJECT}", token=token, request_id="req-7f3a"), timeout=5
+                ).status.code
                 for token in (valid, valid, valid, None, expired, forged)
             ]
-            codes.append(stub.Check(check_request(OPEN_PROJECT), timeout=5).status.code)
+            codes.append(stub.Check(check_request(f"/eth/{OPEN_PROJECT}"), timeout=5).status.code)
         assert codes == [0, 0, 0, 7, 7, 7, 0]
         text = scrape(metrics_address)
     samples = parse(text)
@@ -179,7 +163,7 @@ def test_service_uses_its_own_registry(tmp_path: Path) -> None:
     store.reload()
     first = AuthorizationService(lambda: store.snapshot, Policy(), metrics=CheckMetrics())
     second = AuthorizationService(lambda: store.snapshot, Policy())
-    first.check(check_request(OPEN_PROJECT))
+    first.check(check_request(f"/eth/{OPEN_PROJECT}"))
     assert first.metrics.registry is not second.metrics.registry
     assert (
         first.metrics.registry.get_sample_value(

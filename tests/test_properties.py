@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authz_server._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from authz_server.devtools.requests import check_request
 from authz_server.keys import VerifyKey
 from authz_server.keystore import ProjectKeys, Snapshot
 from authz_server.tokens import PrivateKey, b64url, mint, public_pem, sign
@@ -224,16 +224,7 @@ def test_the_servicer_answers_any_header_with_a_json_rpc_denial(
 ) -> None:
     snapshot = Snapshot({PROJECT: ProjectKeys(registered.keys, ())})
     service = AuthorizationService(lambda: snapshot, Policy(), clock=lambda: NOW)
-    request = external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    path=f"/eth/{PROJECT}", headers={"authorization": header}
-                )
-            )
-        )
-    )
-    response = service.check(request)
+    response = service.check(check_request(f"/eth/{PROJECT}", headers={"authorization": header}))
     assert response.WhichOneof("http_response") == "denied_response"
     body = json.loads(response.denied_response.body)
     assert body["code"] == -32013
@@ -625,16 +616,7 @@ def caching_service(registered: Registered) -> AuthorizationService:
 
 
 def _servicer_allows(service: AuthorizationService, token: str) -> bool:
-    request = external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    path=f"/eth/{PROJECT}", headers={"authorization": "Bearer " + token}
-                )
-            )
-        )
-    )
-    response = service.check(request)
+    response = service.check(check_request(f"/eth/{PROJECT}", token=token))
     if response.WhichOneof("http_response") == "ok_response":
         return True
     assert json.loads(response.denied_response.body)["message"] in CONTRACT_MESSAGES

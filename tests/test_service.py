@@ -14,10 +14,10 @@ from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz_server._proto.envoy.service.auth.v3 import (
-    attribute_context_pb2,
     external_auth_pb2,
     external_auth_pb2_grpc,
 )
+from authz_server.devtools.requests import check_request
 from authz_server.keystore import KeyStore
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService, GateServer, project_of
@@ -67,16 +67,7 @@ class Gate:
         context: dict[str, str] | None = None,
         request_id: str = "",
     ) -> external_auth_pb2.CheckResponse:
-        request = external_auth_pb2.CheckRequest(
-            attributes=attribute_context_pb2.AttributeContext(
-                request=attribute_context_pb2.AttributeContext.Request(
-                    http=attribute_context_pb2.AttributeContext.HttpRequest(
-                        id=request_id, method="POST", path=path, headers=headers or {}
-                    )
-                ),
-                context_extensions=context or {},
-            )
-        )
+        request = check_request(path, headers=headers, context=context, request_id=request_id)
         response: external_auth_pb2.CheckResponse = self.stub.Check(request, timeout=5)
         return response
 
@@ -286,12 +277,7 @@ def test_each_response_names_its_own_project_when_another_gets_the_same_answer(
 def test_the_project_is_the_context_extension_or_the_last_path_segment(
     path: str, context: dict[str, str], project: str
 ) -> None:
-    attributes = attribute_context_pb2.AttributeContext(
-        request=attribute_context_pb2.AttributeContext.Request(
-            http=attribute_context_pb2.AttributeContext.HttpRequest(path=path)
-        ),
-        context_extensions=context,
-    )
+    attributes = check_request(path, context=context).attributes
     assert project_of(attributes) == project
 
 
@@ -333,17 +319,8 @@ def test_an_internal_error_denies_and_never_logs_the_token(
 
     service = AuthorizationService(broken_snapshot, Policy())  # type: ignore[arg-type]
     token = mint(ec_key, KID, {})
-    request = external_auth_pb2.CheckRequest(
-        attributes=attribute_context_pb2.AttributeContext(
-            request=attribute_context_pb2.AttributeContext.Request(
-                http=attribute_context_pb2.AttributeContext.HttpRequest(
-                    path=f"/eth/{PROJECT}", headers=bearer(token)
-                )
-            )
-        )
-    )
     with caplog.at_level(logging.DEBUG):
-        response = service.check(request)
+        response = service.check(check_request(f"/eth/{PROJECT}", token=token))
     assert denial(response)["message"] == Reason.INTERNAL_ERROR.message
     assert "RuntimeError" in caplog.text
     assert token not in caplog.text

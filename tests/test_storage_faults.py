@@ -28,6 +28,7 @@ from authz_server.cli import main
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
+from authz_server.devtools.requests import check_request
 from authz_server.keystore import KeyStore
 from authz_server.metrics import StateCollector
 from authz_server.mounts import is_mount_point
@@ -36,7 +37,7 @@ from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 from tests.authz_process import AuthzProcess
 from tests.support import BAD_SIGNATURE, MISSING, UNKNOWN_KID, wait_for
-from tests.test_metrics import check_request, parse
+from tests.test_metrics import parse
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 OTHER = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"
@@ -111,7 +112,7 @@ def write_key(directory: Path, kid: str, key: PrivateKey) -> Path:
 
 def answer(service: AuthorizationService, project: str, token: str | None) -> str:
     """``allowed``, or the denial's contract message."""
-    response = service.check(check_request(project, token))
+    response = service.check(check_request(f"/eth/{project}", token=token))
     if response.status.code == 0:
         return ALLOWED
     message: str = json.loads(response.denied_response.body)["message"]
