@@ -32,7 +32,14 @@ from typing import Final
 from .cli._common import AdminError
 from .jwk import thumbprint
 from .keys import KeyRejected, VerifyKey, is_valid_id
-from .keystore import KEY_SUFFIX, MAX_KEYS_PER_PROJECT, KeyStore, is_candidate, read_key_file
+from .keystore import (
+    KEY_SUFFIX,
+    MAX_KEYS_PER_PROJECT,
+    KeyStore,
+    read_key_file,
+    scan_key_files,
+    scan_projects,
+)
 
 __all__ = [
     "LOCK_NAME",
@@ -81,13 +88,7 @@ def check_key_id(kid: str) -> str:
 
 def project_names(keys_dir: Path) -> list[str]:
     """The project directories of the keys directory, as the loader sees them."""
-    names = []
-    with os.scandir(keys_dir) as entries:
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=True):
-                    names.append(entry.name)
-    return sorted(names)
+    return sorted(scan_projects(keys_dir)[0])
 
 
 def add_key(
@@ -219,25 +220,15 @@ def _project_lock(directory: Path, *, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing the only descriptor releases the lock
 
 
-def _key_files(directory: Path) -> Iterator[tuple[str, int, int, int]]:
+def _key_files(directory: Path) -> list[tuple[str, int, int, int]]:
     """(name, mtime_ns, mode, size) of each candidate key file, oldest first as the
-    loader ranks them; a dangling symlink has mode 0 (the loader refuses it)."""
+    loader ranks them; a link that cannot be resolved has mode 0 (the loader refuses it)."""
     try:
-        entries = list(os.scandir(directory))
+        stats = scan_key_files(directory)
     except (FileNotFoundError, NotADirectoryError):
-        return
-    files = []
-    for entry in entries:
-        if not is_candidate(entry.name):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=True)
-        except FileNotFoundError:
-            files.append((entry.name, 0, 0, 0))
-            continue
-        files.append((entry.name, info.st_mtime_ns, info.st_mode, info.st_size))
-    files.sort(key=lambda item: (item[1], item[0]))
-    yield from files
+        return []
+    files = [(name, mtime_ns, mode, size) for name, _dev, _ino, size, mtime_ns, mode in stats]
+    return sorted(files, key=lambda item: (item[1], item[0]))
 
 
 def _sidecar_path(directory: Path, kid: str) -> Path:

@@ -45,6 +45,8 @@ __all__ = [
     "Snapshot",
     "is_candidate",
     "read_key_file",
+    "scan_key_files",
+    "scan_projects",
 ]
 
 MAX_KEYS_PER_PROJECT: Final = 25
@@ -288,23 +290,7 @@ class KeyStore:
             )
 
     def _project_names(self, known: Mapping[str, ProjectKeys]) -> set[str]:
-        names = set()
-        misnamed = set()
-        with os.scandir(self.keys_dir) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_dir(follow_symlinks=True):
-                        if is_valid_id(entry.name):
-                            names.add(entry.name)
-                        else:
-                            misnamed.add(entry.name)
-                except OSError:
-                    # A link that cannot be followed now (a loop, an unsearchable
-                    # target): a storage fault, so a known project keeps its keys.
-                    if entry.name in known:
-                        names.add(entry.name)
+        names, misnamed = scan_projects(self.keys_dir, known)
         for name in sorted(misnamed - self._misnamed_projects):
             # No request can name it (the gate denies such ids first): said once, not at
             # every rescan.
@@ -322,7 +308,7 @@ class KeyStore:
         directory = self.keys_dir / project
         try:
             info = os.stat(directory)
-            fingerprint = _fingerprint(directory)
+            fingerprint = scan_key_files(directory)
             mount_device = self._mount_device(project, directory, info, scan)
         except (FileNotFoundError, NotADirectoryError):
             self._unmounted_projects.discard(project)
@@ -570,7 +556,28 @@ def _log_refusals(
     )
 
 
-def _fingerprint(directory: Path) -> tuple[_FileStat, ...]:
+def scan_projects(keys_dir: Path, known: Iterable[str] = ()) -> tuple[set[str], set[str]]:
+    """The project directories of ``keys_dir``, and the directories whose names are no
+    project ids. A link in ``known`` that cannot be followed now (a loop, an unsearchable
+    target) still counts: a storage fault, so a known project keeps its keys."""
+    names: set[str] = set()
+    misnamed: set[str] = set()
+    with os.scandir(keys_dir) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    (names if is_valid_id(entry.name) else misnamed).add(entry.name)
+            except OSError:
+                if entry.name in known:
+                    names.add(entry.name)
+    return names, misnamed
+
+
+def scan_key_files(directory: Path) -> tuple[_FileStat, ...]:
+    """(name, st_dev, st_ino, st_size, st_mtime_ns, st_mode) of each candidate key file,
+    following links, sorted by name; a link that cannot be resolved is all zeros."""
     stats: list[_FileStat] = []
     with os.scandir(directory) as entries:
         for entry in entries:

@@ -338,7 +338,7 @@ def _swap_after_scan(
 ) -> None:
     """Replace ``path`` right after the loader has stat-ed the directory and before it
     reads the file: the window a file changing under the loader opens."""
-    real_fingerprint = keystore_module._fingerprint
+    real_fingerprint = keystore_module.scan_key_files
 
     def fingerprint_then_swap(directory: Path) -> Any:
         result = real_fingerprint(directory)
@@ -346,7 +346,7 @@ def _swap_after_scan(
             swap(path)
         return result
 
-    monkeypatch.setattr(keystore_module, "_fingerprint", fingerprint_then_swap)
+    monkeypatch.setattr(keystore_module, "scan_key_files", fingerprint_then_swap)
 
 
 def test_a_file_that_grows_to_100_mib_after_the_scan_is_read_no_further_than_the_cap(
