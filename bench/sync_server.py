@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz_server import app, cli
+from authz_server import cli, server
 from authz_server.transports.grpc import SERVICE_NAME, AuthorizationService
 
 __all__ = ["ThreadPoolGate", "main"]
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def thread_pool_gate(service: AuthorizationService, listen: str, **_: object) -> ThreadPoolGate:
         return ThreadPoolGate(service, listen, threads=threads)
 
-    app.GateServer = thread_pool_gate  # type: ignore[assignment,misc]  # running_gate's server
+    server.GateServer = thread_pool_gate  # type: ignore[assignment,misc]  # running_gate's
     return cli.main(arguments)
 
 
