@@ -1,4 +1,4 @@
-"""Stalled Check calls, held open until SIGTERM: the load of section g3.
+"""Stalled Check calls, held open until SIGTERM: the attack of section g4.
 
 ``python -m bench.stall --target HOST:PORT --connections 8 --calls 32`` opens that many
 HTTP/2 connections (one gRPC channel each, with its own subchannel) and on each starts
