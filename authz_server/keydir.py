@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .cli._common import AdminError
 from .jwk import thumbprint
 from .keys import KeyRejected, VerifyKey, is_valid_id
 from .keystore import (
@@ -43,6 +42,7 @@ from .keystore import (
 
 __all__ = [
     "LOCK_NAME",
+    "KeyDirError",
     "KeyRow",
     "add_key",
     "check_key_id",
@@ -54,6 +54,13 @@ __all__ = [
 ]
 
 LOCK_NAME: Final = ".authz-server.lock"
+
+
+class KeyDirError(Exception):
+    """A change to the keys directory that cannot be made, or an id it refuses;
+    ``str()`` is the one-line reason."""
+
+
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 
 
@@ -76,13 +83,13 @@ class KeyRow:
 def check_project(project: str) -> str:
     """A project id as the contract defines it (the gate denies any other)."""
     if not is_valid_id(project):
-        raise AdminError(f"invalid project id {project!r} (1 to 128 of A-Z a-z 0-9 _ -)")
+        raise KeyDirError(f"invalid project id {project!r} (1 to 128 of A-Z a-z 0-9 _ -)")
     return project
 
 
 def check_key_id(kid: str) -> str:
     if not kid or "/" in kid or "\0" in kid or kid.startswith("."):
-        raise AdminError(f"invalid key id {kid!r}")
+        raise KeyDirError(f"invalid key id {kid!r}")
     return kid
 
 
@@ -105,14 +112,14 @@ def add_key(
         counter = KeyStore(keys_dir, max_keys=sys.maxsize, quiet=True)
         existing = counter.reload([project]).keys_for(project) or {}
         if len(existing) >= MAX_KEYS_PER_PROJECT:
-            raise AdminError(
+            raise KeyDirError(
                 f"project {project} already has {len(existing)} keys, the most a project "
                 f"may have ({MAX_KEYS_PER_PROJECT}): remove one first (keys remove)"
             )
         new_print = thumbprint(key.public_key)
         for other in existing.values():
             if thumbprint(other.public_key) == new_print:
-                raise AdminError(f"project {project} already has this key, as {other.kid}")
+                raise KeyDirError(f"project {project} already has this key, as {other.kid}")
         kid = str(uuid.uuid4())
         sidecar = _sidecar_path(directory, kid)
         added = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -130,7 +137,7 @@ def add_key(
 def remove_key(keys_dir: Path, project: str, kid: str) -> int:
     """Delete a key and its sidecar; return how many key files the project has left."""
     directory = keys_dir / project
-    unknown = AdminError(
+    unknown = KeyDirError(
         f"project {project} has no key {kid} (see: authz-server keys list --project {project})"
     )
     if not directory.is_dir():

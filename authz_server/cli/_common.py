@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Final, TypeAlias
 
 from ..config import add_option
+from ..keydir import KeyDirError
 
 __all__ = [
     "FORMATTER",
-    "AdminError",
     "Command",
+    "CommandError",
     "HelpFormatter",
     "Subcommands",
     "existing_keys_dir",
@@ -46,7 +47,7 @@ class HelpFormatter(argparse.HelpFormatter):
 FORMATTER: Final = HelpFormatter
 
 
-class AdminError(Exception):
+class CommandError(Exception):
     """A command cannot do what was asked; ``str()`` is the one-line reason."""
 
 
@@ -57,7 +58,7 @@ def guarded(command: Command, *, error_status: int = 1) -> Command:
     def run(args: argparse.Namespace) -> int:
         try:
             return command(args)
-        except AdminError as exc:
+        except (CommandError, KeyDirError) as exc:
             message = str(exc)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
@@ -83,7 +84,7 @@ def existing_keys_dir(path: Path) -> Path:
     """The keys directory, which the tools never create: a typo must not go unnoticed."""
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
-        raise AdminError(f"keys directory {path} {what}")
+        raise CommandError(f"keys directory {path} {what}")
     return path
 
 

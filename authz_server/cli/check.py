@@ -19,7 +19,7 @@ from ..keystore import KeyStore
 from ..verifier import Allowed, Policy, bearer_token, decide, deny_body
 from ._common import (
     FORMATTER,
-    AdminError,
+    CommandError,
     Subcommands,
     existing_keys_dir,
     guarded,
@@ -135,7 +135,7 @@ def _check(args: argparse.Namespace) -> int:
 def _token_argument(given: str | None) -> str | None:
     if given is None or given == "-":
         if given is None and sys.stdin.isatty():
-            raise AdminError("no token: give TOKEN, or - to read it from stdin")
+            raise CommandError("no token: give TOKEN, or - to read it from stdin")
         given = sys.stdin.read(_MAX_TOKEN_INPUT)
     text = given.strip()
     if text[:7].lower() == "bearer ":

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ..keydir import write_atomically
 from ..keys import MAX_KEY_FILE_BYTES, MIN_RSA_BITS, KeyRejected, parse_public_key
 from ..tokens import PrivateKey, generate_private_key, mint, public_pem
-from ._common import FORMATTER, AdminError, Subcommands, guarded, read_limited, write_out
+from ._common import FORMATTER, CommandError, Subcommands, guarded, read_limited, write_out
 from ._format import TimeSpec, time_spec
 
 __all__ = ["DEFAULT_TOKEN_LIFETIME", "register_keygen", "register_token"]
@@ -57,7 +57,7 @@ def _keygen(args: argparse.Namespace) -> int:
     if not args.force:
         for path in (private_path, public_path):
             if path.exists() or path.is_symlink():
-                raise AdminError(f"{path} already exists (--force replaces it)")
+                raise CommandError(f"{path} already exists (--force replaces it)")
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = generate_private_key(args.alg, rsa_bits=args.bits or MIN_RSA_BITS)
     private_bytes = key.private_bytes(
@@ -129,19 +129,19 @@ def _private_key(path: Path) -> PrivateKey:
     data = read_limited(path, MAX_KEY_FILE_BYTES)
     if b"PRIVATE KEY-----" not in data:
         if b"PUBLIC KEY-----" in data:
-            raise AdminError(f"{path} is a public key: --key takes the private one")
-        raise AdminError(f"{path} is not a PEM private key")
+            raise CommandError(f"{path} is a public key: --key takes the private one")
+        raise CommandError(f"{path} is not a PEM private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise AdminError(f"{path} is encrypted: decrypt it first (openssl pkey)") from None
+        raise CommandError(f"{path} is encrypted: decrypt it first (openssl pkey)") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise AdminError(f"{path}: unreadable PEM private key") from None
+        raise CommandError(f"{path}: unreadable PEM private key") from None
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         kind = type(key).__name__.removesuffix("PrivateKey").lstrip("_")
-        raise AdminError(f"{path}: {kind} keys cannot sign RS256 or ES256")
+        raise CommandError(f"{path}: {kind} keys cannot sign RS256 or ES256")
     try:
         parse_public_key(public_pem(key))
     except KeyRejected as exc:
-        raise AdminError(f"{path}: the server would refuse its public key: {exc}") from None
+        raise CommandError(f"{path}: the server would refuse its public key: {exc}") from None
     return key

@@ -34,7 +34,7 @@ from ..keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
 from ..keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from ._common import (
     FORMATTER,
-    AdminError,
+    CommandError,
     Subcommands,
     existing_keys_dir,
     guarded,
@@ -148,7 +148,7 @@ def _keys_add(args: argparse.Namespace) -> int:
             data, jwk_kid = jwk_to_pem(data)
         alg, public_key = parse_public_key(data)
     except KeyRejected as exc:
-        raise AdminError(f"refused {source}: {exc}") from None
+        raise CommandError(f"refused {source}: {exc}") from None
     key = VerifyKey(kid="", alg=alg, public_key=public_key)
     # Stored re-encoded as SubjectPublicKeyInfo: one canonical form, no stray text.
     pem = public_key.public_bytes(
@@ -240,5 +240,5 @@ def _key_name(name: str | None) -> str | None:
         return None
     name = name.strip()
     if not name or len(name) > 200 or not name.isprintable():
-        raise AdminError("--name must be 1 to 200 printable characters")
+        raise CommandError("--name must be 1 to 200 printable characters")
     return name
