@@ -1,6 +1,9 @@
-"""Shared fixtures: real key pairs, generated once per session (RSA generation is slow)."""
+"""Shared fixtures: real key pairs, generated once per session (RSA generation is slow), and
+the keys directory."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +23,12 @@ def ec_key() -> PrivateKey:
 @pytest.fixture(scope="session")
 def other_ec_key() -> PrivateKey:
     return generate_private_key("ES256")
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    """An empty keys directory, ``<tmp_path>/keys``. A module whose tests need keys in it
+    has its own fixture, named for what it holds, that writes them into this one."""
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    return directory

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 from authz_server.keys import VerifyKey, parse_public_key
@@ -29,6 +31,19 @@ CONTRACT_MESSAGES: Final = frozenset(
 def verify_key(kid: str, private: PrivateKey) -> VerifyKey:
     alg, public = parse_public_key(public_pem(private))
     return VerifyKey(kid=kid, alg=alg, public_key=public)
+
+
+def write_key(
+    directory: Path, kid: str, key: PrivateKey | bytes, mtime: float | None = None
+) -> Path:
+    """``<directory>/<kid>.pem`` holding ``key``'s public PEM (or these bytes as they are),
+    the directory made if need be; ``mtime`` sets the file's times."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{kid}.pem"
+    path.write_bytes(key if isinstance(key, bytes) else public_pem(key))
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
 
 
 def b64(data: bytes | str) -> str:

@@ -85,13 +85,6 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     return run
 
 
-@pytest.fixture
-def keys_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "keys"
-    directory.mkdir()
-    return directory
-
-
 def public_file(tmp_path: Path, key: PrivateKey, name: str | None = None) -> Path:
     path = tmp_path / (name or f"{uuid.uuid4().hex}.pub.pem")
     path.write_bytes(public_pem(key))

@@ -43,6 +43,7 @@ from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Allowed, Policy, Reason, decide
+from tests.support import write_key
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 OTHER_PROJECT: Final = "other-project"
@@ -55,14 +56,12 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def keys_dir(tmp_path: Path, ec_key: PrivateKey, other_ec_key: PrivateKey) -> Path:
-    """A project with one good key, ``good``, and another project with ``fine``."""
-    directory = tmp_path / "keys"
-    (directory / PROJECT).mkdir(parents=True)
-    (directory / OTHER_PROJECT).mkdir()
-    (directory / PROJECT / "good.pem").write_bytes(public_pem(ec_key))
-    (directory / OTHER_PROJECT / "fine.pem").write_bytes(public_pem(other_ec_key))
-    return directory
+def two_projects_dir(keys_dir: Path, ec_key: PrivateKey, other_ec_key: PrivateKey) -> Path:
+    """The keys directory with a project with one good key, ``good``, and another project
+    with ``fine``."""
+    write_key(keys_dir / PROJECT, "good", ec_key)
+    write_key(keys_dir / OTHER_PROJECT, "fine", other_ec_key)
+    return keys_dir
 
 
 @pytest.fixture(autouse=True)
@@ -219,11 +218,11 @@ def fifo_cleanup() -> Iterator[list[Path]]:
 
 
 def test_a_symlink_to_etc_passwd_is_refused_and_no_log_line_quotes_it(
-    keys_dir: Path, all_logs: pytest.LogCaptureFixture
+    two_projects_dir: Path, all_logs: pytest.LogCaptureFixture
 ) -> None:
-    link = keys_dir / PROJECT / "passwd.pem"
+    link = two_projects_dir / PROJECT / "passwd.pem"
     link.symlink_to("/etc/passwd")
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert_others_unharmed(store)
     assert kids(store) == {"good"}
     assert "not a PEM public key" in refusal(all_logs, link)
@@ -233,14 +232,14 @@ def test_a_symlink_to_etc_passwd_is_refused_and_no_log_line_quotes_it(
 
 
 def test_a_symlink_to_a_proc_file_that_stat_calls_empty_is_read_only_up_to_the_cap(
-    keys_dir: Path, all_logs: pytest.LogCaptureFixture, bytes_read: list[int]
+    two_projects_dir: Path, all_logs: pytest.LogCaptureFixture, bytes_read: list[int]
 ) -> None:
     """/proc files are regular files of st_size 0 with content: the size check at stat
     time cannot stop them, the bounded read must."""
-    link = keys_dir / PROJECT / "cpuinfo.pem"
+    link = two_projects_dir / PROJECT / "cpuinfo.pem"
     link.symlink_to("/proc/cpuinfo")
     assert link.stat().st_size == 0
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert_others_unharmed(store)
     assert "good" in (kids(store) or set())
     assert "cpuinfo" not in (kids(store) or set())
@@ -253,12 +252,12 @@ def test_a_symlink_to_a_proc_file_that_stat_calls_empty_is_read_only_up_to_the_c
 
 
 def test_a_fifo_never_blocks_the_loader(
-    keys_dir: Path, all_logs: pytest.LogCaptureFixture, fifo_cleanup: list[Path]
+    two_projects_dir: Path, all_logs: pytest.LogCaptureFixture, fifo_cleanup: list[Path]
 ) -> None:
-    fifo = keys_dir / PROJECT / "fifo.pem"
+    fifo = two_projects_dir / PROJECT / "fifo.pem"
     os.mkfifo(fifo)
     fifo_cleanup.append(fifo)
-    store = load(keys_dir)  # fails after DEADLINE if opening or reading the FIFO blocked
+    store = load(two_projects_dir)  # fails after DEADLINE if opening or reading the FIFO blocked
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert "not a regular file" in refusal(all_logs, fifo)
@@ -266,11 +265,11 @@ def test_a_fifo_never_blocks_the_loader(
 
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null", "/dev/full"])
 def test_a_symlink_to_a_device_is_refused_without_being_opened(
-    device: str, keys_dir: Path, all_logs: pytest.LogCaptureFixture, opened: list[str]
+    device: str, two_projects_dir: Path, all_logs: pytest.LogCaptureFixture, opened: list[str]
 ) -> None:
-    link = keys_dir / PROJECT / "device.pem"
+    link = two_projects_dir / PROJECT / "device.pem"
     link.symlink_to(device)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert "not a regular file" in refusal(all_logs, link)
@@ -280,39 +279,42 @@ def test_a_symlink_to_a_device_is_refused_without_being_opened(
 
 @pytest.mark.parametrize("target", ["dir", "link-to-dir", "link-to-etc"])
 def test_a_directory_named_like_a_key_is_refused_even_if_it_holds_a_key(
-    target: str, keys_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture
+    target: str, two_projects_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture
 ) -> None:
-    entry = keys_dir / PROJECT / "x.pem"
+    entry = two_projects_dir / PROJECT / "x.pem"
     if target == "dir":
         entry.mkdir()
         (entry / "inner.pem").write_bytes(public_pem(ec_key))
     elif target == "link-to-dir":
-        entry.symlink_to(keys_dir / OTHER_PROJECT, target_is_directory=True)
+        entry.symlink_to(two_projects_dir / OTHER_PROJECT, target_is_directory=True)
     else:
         entry.symlink_to("/etc", target_is_directory=True)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert "not a regular file" in refusal(all_logs, entry)
 
 
 def test_a_project_holding_only_a_directory_named_like_a_key_stays_locked(
-    keys_dir: Path,
+    two_projects_dir: Path,
 ) -> None:
-    (keys_dir / PROJECT / "good.pem").unlink()
-    (keys_dir / PROJECT / "x.pem").mkdir()
-    assert kids(load(keys_dir)) == set()  # denies every token, never open
+    (two_projects_dir / PROJECT / "good.pem").unlink()
+    (two_projects_dir / PROJECT / "x.pem").mkdir()
+    assert kids(load(two_projects_dir)) == set()  # denies every token, never open
 
 
 # -- size ------------------------------------------------------------------------------------
 
 
 def test_a_100_mib_sparse_file_is_refused_by_its_size_without_being_opened(
-    keys_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture, opened: list[str]
+    two_projects_dir: Path,
+    ec_key: PrivateKey,
+    all_logs: pytest.LogCaptureFixture,
+    opened: list[str],
 ) -> None:
     # A valid key at its very end: only reading the whole file would find it.
-    huge = sparse_file(keys_dir / PROJECT / "huge.pem", HUGE, tail=public_pem(ec_key))
-    store, peak = load_traced(keys_dir)
+    huge = sparse_file(two_projects_dir / PROJECT / "huge.pem", HUGE, tail=public_pem(ec_key))
+    store, peak = load_traced(two_projects_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert f"larger than {MAX_KEY_FILE_BYTES} bytes" in refusal(all_logs, huge)
@@ -321,14 +323,14 @@ def test_a_100_mib_sparse_file_is_refused_by_its_size_without_being_opened(
 
 
 def test_a_key_after_64_kib_of_other_text_is_refused_and_64_kib_exactly_loads(
-    keys_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture
+    two_projects_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture
 ) -> None:
     pem = public_pem(ec_key)
-    at_cap = keys_dir / PROJECT / "at-cap.pem"
-    over_cap = keys_dir / PROJECT / "over-cap.pem"
+    at_cap = two_projects_dir / PROJECT / "at-cap.pem"
+    over_cap = two_projects_dir / PROJECT / "over-cap.pem"
     at_cap.write_bytes(pem + b"\n" * (MAX_KEY_FILE_BYTES - len(pem)))
     over_cap.write_bytes(b"#" * MAX_KEY_FILE_BYTES + pem)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good", "at-cap"}
     assert f"larger than {MAX_KEY_FILE_BYTES} bytes" in refusal(all_logs, over_cap)
 
@@ -350,16 +352,16 @@ def _swap_after_scan(
 
 
 def test_a_file_that_grows_to_100_mib_after_the_scan_is_read_no_further_than_the_cap(
-    keys_dir: Path,
+    two_projects_dir: Path,
     ec_key: PrivateKey,
     monkeypatch: pytest.MonkeyPatch,
     all_logs: pytest.LogCaptureFixture,
     bytes_read: list[int],
 ) -> None:
-    key = keys_dir / PROJECT / "grows.pem"
+    key = two_projects_dir / PROJECT / "grows.pem"
     key.write_bytes(public_pem(ec_key))
     _swap_after_scan(monkeypatch, key, lambda p: sparse_file(p, HUGE, tail=public_pem(ec_key)))
-    store, peak = load_traced(keys_dir)
+    store, peak = load_traced(two_projects_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert f"larger than {MAX_KEY_FILE_BYTES} bytes" in refusal(all_logs, key)
@@ -368,13 +370,13 @@ def test_a_file_that_grows_to_100_mib_after_the_scan_is_read_no_further_than_the
 
 
 def test_a_file_swapped_for_a_fifo_after_the_scan_never_blocks(
-    keys_dir: Path,
+    two_projects_dir: Path,
     ec_key: PrivateKey,
     monkeypatch: pytest.MonkeyPatch,
     all_logs: pytest.LogCaptureFixture,
     fifo_cleanup: list[Path],
 ) -> None:
-    key = keys_dir / PROJECT / "swapped.pem"
+    key = two_projects_dir / PROJECT / "swapped.pem"
     key.write_bytes(public_pem(ec_key))
     fifo_cleanup.append(key)
 
@@ -383,33 +385,36 @@ def test_a_file_swapped_for_a_fifo_after_the_scan_never_blocks(
         os.mkfifo(path)
 
     _swap_after_scan(monkeypatch, key, to_fifo)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert "not a regular file" in refusal(all_logs, key)
 
 
 def test_a_key_file_replaced_by_a_fifo_between_scans_is_revoked_without_blocking(
-    keys_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture, fifo_cleanup: list[Path]
+    two_projects_dir: Path,
+    ec_key: PrivateKey,
+    all_logs: pytest.LogCaptureFixture,
+    fifo_cleanup: list[Path],
 ) -> None:
-    key = keys_dir / PROJECT / "rotating.pem"
+    key = two_projects_dir / PROJECT / "rotating.pem"
     key.write_bytes(public_pem(ec_key))
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good", "rotating"}
 
-    staged = keys_dir / PROJECT / ".staged-fifo"
+    staged = two_projects_dir / PROJECT / ".staged-fifo"
     os.mkfifo(staged)
     os.replace(staged, key)  # an atomic swap, as a deploy tool would do it
     fifo_cleanup.append(key)
-    load(keys_dir, store)
+    load(two_projects_dir, store)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert "not a regular file" in refusal(all_logs, key)
 
-    staged = keys_dir / PROJECT / ".staged-key"
+    staged = two_projects_dir / PROJECT / ".staged-key"
     staged.write_bytes(public_pem(ec_key))
     os.replace(staged, key)
-    load(keys_dir, store)
+    load(two_projects_dir, store)
     assert kids(store) == {"good", "rotating"}
 
 
@@ -417,16 +422,16 @@ def test_a_key_file_replaced_by_a_fifo_between_scans_is_revoked_without_blocking
 
 
 def test_an_unreadable_key_file_is_refused_and_the_others_load(
-    keys_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture
+    two_projects_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture
 ) -> None:
-    secret = keys_dir / PROJECT / "secret.pem"
+    secret = two_projects_dir / PROJECT / "secret.pem"
     secret.write_bytes(public_pem(ec_key))
     secret.chmod(0)
 
     def check_then_load() -> KeyStore:
         with pytest.raises(PermissionError):  # the premise: this thread cannot read it
             os.close(os.open(secret, os.O_RDONLY))
-        store = KeyStore(keys_dir)
+        store = KeyStore(two_projects_dir)
         store.reload()
         return store
 
@@ -437,13 +442,13 @@ def test_an_unreadable_key_file_is_refused_and_the_others_load(
 
 
 def test_an_open_failing_with_eacces_is_refused_with_its_reason(
-    keys_dir: Path,
+    two_projects_dir: Path,
     ec_key: PrivateKey,
     monkeypatch: pytest.MonkeyPatch,
     all_logs: pytest.LogCaptureFixture,
 ) -> None:
     """The same path without relying on permissions: ``open`` itself says EACCES."""
-    secret = keys_dir / PROJECT / "secret.pem"
+    secret = two_projects_dir / PROJECT / "secret.pem"
     secret.write_bytes(public_pem(ec_key))
     real_open = os.open
 
@@ -453,17 +458,17 @@ def test_an_open_failing_with_eacces_is_refused_with_its_reason(
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", open_denying_the_secret)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert "cannot open (Permission denied)" in refusal(all_logs, secret)
 
 
 def test_an_unlistable_project_directory_stays_locked_or_keeps_its_last_keys(
-    keys_dir: Path, ec_key: PrivateKey
+    two_projects_dir: Path, ec_key: PrivateKey
 ) -> None:
-    project = keys_dir / PROJECT
-    store = load(keys_dir)
+    project = two_projects_dir / PROJECT
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     project.chmod(0)
     try:
@@ -471,7 +476,7 @@ def test_an_unlistable_project_directory_stays_locked_or_keeps_its_last_keys(
         without_file_privileges(store.reload)
         assert kids(store) == {"good"}
         # Never loaded: the project is locked (denies every token), never open.
-        fresh = KeyStore(keys_dir)
+        fresh = KeyStore(two_projects_dir)
         without_file_privileges(fresh.reload)
         assert kids(fresh) == set()
         assert kids(fresh, OTHER_PROJECT) == {"fine"}
@@ -504,12 +509,12 @@ LINK_KINDS: Final = ["dangling", "self-loop", "two-link-loop", "through-a-file",
 
 @pytest.mark.parametrize("kind", LINK_KINDS)
 def test_an_unresolvable_symlink_is_refused_alone_and_the_projects_other_keys_work(
-    kind: str, keys_dir: Path, tmp_path: Path, all_logs: pytest.LogCaptureFixture
+    kind: str, two_projects_dir: Path, tmp_path: Path, all_logs: pytest.LogCaptureFixture
 ) -> None:
     """docs/contract.md: a refused file never harms "the other keys of that project"."""
-    link = keys_dir / PROJECT / "broken.pem"
+    link = two_projects_dir / PROJECT / "broken.pem"
     _make_link(kind, link, tmp_path)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     assert_others_unharmed(store)
     assert "refused" in refusal(all_logs, link)
@@ -517,61 +522,61 @@ def test_an_unresolvable_symlink_is_refused_alone_and_the_projects_other_keys_wo
 
 @pytest.mark.parametrize("kind", LINK_KINDS)
 def test_a_project_whose_only_key_file_is_an_unresolvable_symlink_stays_locked(
-    kind: str, keys_dir: Path, tmp_path: Path
+    kind: str, two_projects_dir: Path, tmp_path: Path
 ) -> None:
     """A storage fault must never open a project: the project denies every token."""
-    (keys_dir / PROJECT / "good.pem").unlink()
-    _make_link(kind, keys_dir / PROJECT / "broken.pem", tmp_path)
-    assert kids(load(keys_dir)) == set()
+    (two_projects_dir / PROJECT / "good.pem").unlink()
+    _make_link(kind, two_projects_dir / PROJECT / "broken.pem", tmp_path)
+    assert kids(load(two_projects_dir)) == set()
 
 
 @pytest.mark.parametrize("kind", LINK_KINDS)
 def test_a_key_whose_link_breaks_is_revoked_and_the_other_keys_stay(
-    kind: str, keys_dir: Path, ec_key: PrivateKey, tmp_path: Path
+    kind: str, two_projects_dir: Path, ec_key: PrivateKey, tmp_path: Path
 ) -> None:
-    link = keys_dir / PROJECT / "linked.pem"
+    link = two_projects_dir / PROJECT / "linked.pem"
     target = tmp_path / "target.pem"
     target.write_bytes(public_pem(ec_key))
     link.symlink_to(target)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good", "linked"}
     link.unlink()
     _make_link(kind, link, tmp_path)
-    load(keys_dir, store)
+    load(two_projects_dir, store)
     assert kids(store) == {"good"}
 
 
 @pytest.mark.parametrize("kind", LINK_KINDS)
 def test_deleting_a_key_revokes_it_even_while_an_unresolvable_symlink_sits_beside_it(
-    kind: str, keys_dir: Path, ec_key: PrivateKey, tmp_path: Path
+    kind: str, two_projects_dir: Path, ec_key: PrivateKey, tmp_path: Path
 ) -> None:
     """docs/contract.md: "Deleting a key revokes every token signed for it"."""
-    compromised = keys_dir / PROJECT / "compromised.pem"
+    compromised = two_projects_dir / PROJECT / "compromised.pem"
     compromised.write_bytes(public_pem(ec_key))
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good", "compromised"}
-    _make_link(kind, keys_dir / PROJECT / "broken.pem", tmp_path)
-    load(keys_dir, store)
+    _make_link(kind, two_projects_dir / PROJECT / "broken.pem", tmp_path)
+    load(two_projects_dir, store)
     compromised.unlink()
-    load(keys_dir, store)
+    load(two_projects_dir, store)
     assert kids(store) == {"good"}
 
 
 def test_a_symlink_into_an_unsearchable_directory_is_refused_alone(
-    keys_dir: Path, ec_key: PrivateKey, tmp_path: Path, all_logs: pytest.LogCaptureFixture
+    two_projects_dir: Path, ec_key: PrivateKey, tmp_path: Path, all_logs: pytest.LogCaptureFixture
 ) -> None:
     """EACCES when following the link (no search permission on the target's directory)."""
     vault = tmp_path / "vault"
     vault.mkdir()
     (vault / "key.pem").write_bytes(public_pem(ec_key))
-    link = keys_dir / PROJECT / "vaulted.pem"
+    link = two_projects_dir / PROJECT / "vaulted.pem"
     link.symlink_to(vault / "key.pem")
     vault.chmod(0)
 
     def check_then_load() -> KeyStore:
         with pytest.raises(PermissionError):
             os.stat(link)
-        store = KeyStore(keys_dir)
+        store = KeyStore(two_projects_dir)
         store.reload()
         return store
 
@@ -586,20 +591,20 @@ def test_a_symlink_into_an_unsearchable_directory_is_refused_alone(
 
 @pytest.mark.parametrize("fault", ["unsearchable-target", "link-loop"])
 def test_a_project_link_that_cannot_be_followed_keeps_the_projects_last_keys(
-    fault: str, keys_dir: Path, tmp_path: Path
+    fault: str, two_projects_dir: Path, tmp_path: Path
 ) -> None:
     """Kubernetes mounts make project directories symlinks. One that stops resolving is a
     storage fault, and "a storage fault must never open projects" (docs/contract.md)."""
     volume = tmp_path / "volume"
     volume.mkdir()
-    (keys_dir / PROJECT).rename(volume / PROJECT)
-    (keys_dir / PROJECT).symlink_to(volume / PROJECT, target_is_directory=True)
-    store = load(keys_dir)
+    (two_projects_dir / PROJECT).rename(volume / PROJECT)
+    (two_projects_dir / PROJECT).symlink_to(volume / PROJECT, target_is_directory=True)
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     if fault == "link-loop":
-        (keys_dir / PROJECT).unlink()
-        (keys_dir / PROJECT).symlink_to(PROJECT)
-        load(keys_dir, store)
+        (two_projects_dir / PROJECT).unlink()
+        (two_projects_dir / PROJECT).symlink_to(PROJECT)
+        load(two_projects_dir, store)
     else:
         volume.chmod(0)
         try:
@@ -614,9 +619,12 @@ def test_a_project_link_that_cannot_be_followed_keeps_the_projects_last_keys(
 
 
 def test_3000_key_files_in_one_project_activate_the_25_oldest_and_refuse_the_rest(
-    keys_dir: Path, ec_key: PrivateKey, all_logs: pytest.LogCaptureFixture, opened: list[str]
+    two_projects_dir: Path,
+    ec_key: PrivateKey,
+    all_logs: pytest.LogCaptureFixture,
+    opened: list[str],
 ) -> None:
-    project = keys_dir / PROJECT
+    project = two_projects_dir / PROJECT
     (project / "good.pem").unlink()
     pem = public_pem(ec_key)
     base = time.time() - 10_000
@@ -625,7 +633,7 @@ def test_3000_key_files_in_one_project_activate_the_25_oldest_and_refuse_the_res
         path.write_bytes(pem)
         # Newest first on disk, so the oldest are not simply the first names.
         os.utime(path, (base - i, base - i))
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     expected = {f"k{i:04d}" for i in range(2999, 2999 - MAX_KEYS_PER_PROJECT, -1)}
     assert kids(store) == expected
     (summary,) = [r.getMessage() for r in all_logs.records if "refused" in r.getMessage()]
@@ -638,18 +646,18 @@ def test_3000_key_files_in_one_project_activate_the_25_oldest_and_refuse_the_res
 
     # An unchanged directory is not read again: no file is opened, no new snapshot.
     snapshot, opened_before = store.snapshot, len(opened)
-    load(keys_dir, store)
+    load(two_projects_dir, store)
     assert store.snapshot is snapshot
     assert len(opened) == opened_before
 
 
 def test_3000_garbage_files_cost_one_line_in_all_and_the_one_key_works(
-    keys_dir: Path, all_logs: pytest.LogCaptureFixture
+    two_projects_dir: Path, all_logs: pytest.LogCaptureFixture
 ) -> None:
-    project = keys_dir / PROJECT
+    project = two_projects_dir / PROJECT
     for i in range(3000):
         (project / f"junk{i:04d}.pem").write_bytes(b"junk %d\n" % i)
-    store = load(keys_dir)
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     (summary,) = [r.getMessage() for r in all_logs.records if "refused" in r.getMessage()]
     assert f"project {PROJECT}: 3000 key files refused: " in summary
@@ -661,10 +669,12 @@ def test_3000_garbage_files_cost_one_line_in_all_and_the_one_key_works(
 
 
 def test_a_file_name_with_a_newline_cannot_forge_a_second_log_line(
-    keys_dir: Path, all_logs: pytest.LogCaptureFixture
+    two_projects_dir: Path, all_logs: pytest.LogCaptureFixture
 ) -> None:
-    (keys_dir / PROJECT / "x\nERROR project keys wiped; project open.pem").write_bytes(b"junk")
-    store = load(keys_dir)
+    (two_projects_dir / PROJECT / "x\nERROR project keys wiped; project open.pem").write_bytes(
+        b"junk"
+    )
+    store = load(two_projects_dir)
     assert kids(store) == {"good"}
     for record in all_logs.records:
         if record.name.startswith("authz_server"):
@@ -672,15 +682,15 @@ def test_a_file_name_with_a_newline_cannot_forge_a_second_log_line(
 
 
 def test_a_key_file_whose_name_is_not_utf8_is_refused_and_never_makes_the_servicer_raise(
-    keys_dir: Path, ec_key: PrivateKey, caplog: pytest.LogCaptureFixture
+    two_projects_dir: Path, ec_key: PrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The file stem is the kid, and an allowed kid goes back to Envoy in a header: a name
     that is not printable UTF-8 is refused at load, and its token answered, not raised on."""
-    name = os.fsencode(keys_dir / PROJECT) + b"/\xff.pem"
+    name = os.fsencode(two_projects_dir / PROJECT) + b"/\xff.pem"
     with open(name, "wb") as f:
         f.write(public_pem(ec_key))
     with caplog.at_level(logging.WARNING, logger="authz_server.keystore"):
-        store = load(keys_dir)
+        store = load(two_projects_dir)
     assert kids(store) == {"good"}
     assert "is not a key id (1 to 128 of A-Z a-z 0-9 _ -)" in caplog.text
     token = mint(ec_key, "\udcff", {})
@@ -689,15 +699,15 @@ def test_a_key_file_whose_name_is_not_utf8_is_refused_and_never_makes_the_servic
     assert json.loads(response.denied_response.body)["message"] == (Reason.UNKNOWN_KEY_ID.message)
 
 
-def test_the_helpers_see_what_they_claim(keys_dir: Path, tmp_path: Path) -> None:
+def test_the_helpers_see_what_they_claim(two_projects_dir: Path, tmp_path: Path) -> None:
     """The premises the tests above rely on, checked once."""
     sparse = sparse_file(tmp_path / "sparse", HUGE)
     assert sparse.stat().st_blocks * 512 < HUGE // 100  # really sparse: nothing written
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert stat.S_ISFIFO(fifo.stat().st_mode)
-    assert load(keys_dir).snapshot.projects.keys() == {PROJECT, OTHER_PROJECT}
-    assert isinstance(load(keys_dir).snapshot.projects, MappingProxyType)
+    assert load(two_projects_dir).snapshot.projects.keys() == {PROJECT, OTHER_PROJECT}
+    assert isinstance(load(two_projects_dir).snapshot.projects, MappingProxyType)
 
 
 # -- ROCA (CVE-2017-15361) ----------------------------------------------------------------------
@@ -769,12 +779,12 @@ def _rsa_pem_with_exponent(modulus_of: PrivateKey, e: int) -> bytes:
     ids=["2^32+1", "2^64+1", "2047-bit"],
 )
 def test_an_rsa_exponent_of_2_to_the_32_or_more_is_refused_and_the_project_keeps_its_keys(
-    keys_dir: Path, rsa_key: PrivateKey, ec_key: PrivateKey, e: int, bits: int
+    two_projects_dir: Path, rsa_key: PrivateKey, ec_key: PrivateKey, e: int, bits: int
 ) -> None:
-    (keys_dir / PROJECT / "huge-e.pem").write_bytes(_rsa_pem_with_exponent(rsa_key, e))
+    (two_projects_dir / PROJECT / "huge-e.pem").write_bytes(_rsa_pem_with_exponent(rsa_key, e))
     with pytest.raises(KeyRejected, match=rf"^RSA key with a {bits}-bit public exponent"):
-        parse_public_key((keys_dir / PROJECT / "huge-e.pem").read_bytes())
-    keys = KeyStore(keys_dir).reload().keys_for(PROJECT)
+        parse_public_key((two_projects_dir / PROJECT / "huge-e.pem").read_bytes())
+    keys = KeyStore(two_projects_dir).reload().keys_for(PROJECT)
     assert keys is not None
     assert sorted(keys) == ["good"]
     assert decide(mint(ec_key, "good", {}), keys, Policy(), time.time()) == Allowed("good")

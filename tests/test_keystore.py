@@ -16,26 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from authz_server.tokens import PrivateKey, generate_private_key, public_pem
-from tests.support import wait_for
+from tests.support import wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 RELOAD_DEADLINE = 1.0  # the contract: changes take effect within 1 second
-
-
-def write_key(directory: Path, kid: str, pem: bytes, mtime: float | None = None) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{kid}.pem"
-    path.write_bytes(pem)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
-    return path
-
-
-@pytest.fixture
-def keys_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "keys"
-    directory.mkdir()
-    return directory
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from authz_server.server import running_gate
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import SERVICE_NAME
 from tests.authz_process import AuthzProcess
-from tests.support import wait_for
+from tests.support import wait_for, write_key
 from tests.test_metrics import KID, PROJECT
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -48,14 +48,14 @@ def health_status(address: str, service: str = "") -> int:
 
 
 @pytest.fixture
-def keys_dir(tmp_path: Path, ec_key: PrivateKey) -> Path:
-    (tmp_path / PROJECT).mkdir()
-    (tmp_path / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
-    return tmp_path
+def one_key_dir(keys_dir: Path, ec_key: PrivateKey) -> Path:
+    """The keys directory with the project's one key, ``KID``."""
+    write_key(keys_dir / PROJECT, KID, ec_key)
+    return keys_dir
 
 
-def test_serving_as_soon_as_announced(keys_dir: Path) -> None:
-    with AuthzProcess(keys_dir) as process:
+def test_serving_as_soon_as_announced(one_key_dir: Path) -> None:
+    with AuthzProcess(one_key_dir) as process:
         # The announcement comes after the first load: health already agrees.
         assert health_status(process.address) == SERVING
         assert health_status(process.address, SERVICE_NAME) == SERVING
@@ -74,8 +74,8 @@ def test_not_serving_until_the_first_key_load(tmp_path: Path, ec_key: PrivateKey
     assert server.health is not None
 
 
-def test_stop_says_not_serving_first(keys_dir: Path) -> None:
-    settings = Settings(keys_dir=keys_dir, listen="127.0.0.1:0", grace=1)
+def test_stop_says_not_serving_first(one_key_dir: Path) -> None:
+    settings = Settings(keys_dir=one_key_dir, listen="127.0.0.1:0", grace=1)
     seen: list[int] = []
     with running_gate(settings) as server:
         original = server.set_serving
@@ -88,8 +88,8 @@ def test_stop_says_not_serving_first(keys_dir: Path) -> None:
     assert seen == [False]
 
 
-def test_reflection_lists_the_services(keys_dir: Path) -> None:
-    with AuthzProcess(keys_dir) as process, grpc.insecure_channel(process.address) as channel:
+def test_reflection_lists_the_services(one_key_dir: Path) -> None:
+    with AuthzProcess(one_key_dir) as process, grpc.insecure_channel(process.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
@@ -158,13 +158,13 @@ class CheckLoad(LoadThreads):
 
 
 def test_sigterm_under_load_fails_no_call_and_exits_zero(
-    keys_dir: Path, ec_key: PrivateKey
+    one_key_dir: Path, ec_key: PrivateKey
 ) -> None:
     """SIGTERM mid-load: health goes NOT_SERVING at once, every call keeps being answered
     through the drain, and a client that follows health (as Envoy and Kubernetes do)
     leaves before the server stops. Not one call fails."""
     token = mint(ec_key, KID, {"exp": time.time() + 600})
-    with AuthzProcess(keys_dir, "--drain-delay", "5") as process:
+    with AuthzProcess(one_key_dir, "--drain-delay", "5") as process:
         with CheckLoad(process.address, check_request(f"/eth/{PROJECT}", token=token)) as load:
             wait_for(lambda: len(load.ok) >= 300, timeout=30)
             process.signal(signal.SIGTERM)
@@ -189,10 +189,10 @@ def test_sigterm_under_load_fails_no_call_and_exits_zero(
     assert int(match.group(1)) == len(load.ok)
 
 
-def test_a_second_signal_cuts_the_drain_short(keys_dir: Path, ec_key: PrivateKey) -> None:
+def test_a_second_signal_cuts_the_drain_short(one_key_dir: Path, ec_key: PrivateKey) -> None:
     token = mint(ec_key, KID, {"exp": time.time() + 600})
     request = check_request(f"/eth/{PROJECT}", token=token)
-    with AuthzProcess(keys_dir, "--drain-delay", "120") as process:
+    with AuthzProcess(one_key_dir, "--drain-delay", "120") as process:
         process.signal(signal.SIGTERM)
         wait_for(lambda: "still answering for 120s" in process.log, timeout=10)
         assert health_status(process.address) == NOT_SERVING
@@ -207,8 +207,8 @@ def test_a_second_signal_cuts_the_drain_short(keys_dir: Path, ec_key: PrivateKey
     assert "stopped" in process.log
 
 
-def test_no_drain_with_drain_delay_0(keys_dir: Path) -> None:
-    with AuthzProcess(keys_dir, "--drain-delay", "0") as process:
+def test_no_drain_with_drain_delay_0(one_key_dir: Path) -> None:
+    with AuthzProcess(one_key_dir, "--drain-delay", "0") as process:
         process.signal(signal.SIGTERM)
         assert process.process is not None
         assert process.process.wait(timeout=20) == 0
@@ -303,14 +303,14 @@ def two_replicas_behind_envoy(
 
 
 def test_stopping_one_of_two_replicas_under_load_through_envoy_fails_no_request(
-    keys_dir: Path, ec_key: PrivateKey
+    one_key_dir: Path, ec_key: PrivateKey
 ) -> None:
     """The rolling restart operators do: two replicas behind Envoy's health-checked authz
     cluster, one gets SIGTERM under load. Envoy's health checks see it NOT_SERVING and
     move every call to the other before it stops: every request gets its 200."""
     token = mint(ec_key, KID, {"exp": time.time() + 600})
     with (
-        two_replicas_behind_envoy(keys_dir, "--drain-delay", "5") as (leaving, _, envoy),
+        two_replicas_behind_envoy(one_key_dir, "--drain-delay", "5") as (leaving, _, envoy),
         GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load,
     ):
         wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
@@ -344,7 +344,7 @@ def envoy_stat(envoy: EnvoyProcess, name: str) -> int:
 
 
 def test_a_replica_killed_under_load_is_ejected_and_its_calls_retried(
-    keys_dir: Path, ec_key: PrivateKey
+    one_key_dir: Path, ec_key: PrivateKey
 ) -> None:
     """No drain at all: one of two replicas dies (SIGKILL) under load. Envoy retries the
     calls it could not get answered on the other replica and ejects the dead one after three
@@ -352,7 +352,7 @@ def test_a_replica_killed_under_load_is_ejected_and_its_calls_retried(
     of ~750 refused (fail closed, 403) in the instant of the crash; without retries and
     outlier detection, ~350 in the 2 to 4 s until the health checks eject it."""
     token = mint(ec_key, KID, {"exp": time.time() + 600})
-    with two_replicas_behind_envoy(keys_dir) as (dying, _, envoy):
+    with two_replicas_behind_envoy(one_key_dir) as (dying, _, envoy):
         with GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load:
             wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
             dying.signal(signal.SIGKILL)

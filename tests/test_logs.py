@@ -23,6 +23,7 @@ from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 from tests.authz_process import AuthzProcess
+from tests.support import write_key
 from tests.test_metrics import BAD_KID, KID, OPEN_PROJECT, PROJECT
 
 
@@ -36,11 +37,11 @@ def json_lines(log: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def keys_dir(tmp_path: Path, ec_key: PrivateKey) -> Path:
-    (tmp_path / PROJECT).mkdir()
-    (tmp_path / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
-    (tmp_path / PROJECT / f"{BAD_KID}.pem").write_text("not a key\n")
-    return tmp_path
+def key_and_junk_dir(keys_dir: Path, ec_key: PrivateKey) -> Path:
+    """The keys directory with the project's key ``KID`` and ``BAD_KID.pem``, not a key."""
+    write_key(keys_dir / PROJECT, KID, ec_key)
+    write_key(keys_dir / PROJECT, BAD_KID, b"not a key\n")
+    return keys_dir
 
 
 @pytest.fixture
@@ -61,9 +62,9 @@ def captured() -> Iterator[io.StringIO]:
 
 
 def test_json_denial_carries_fields_and_request_id(
-    keys_dir: Path, ec_key: PrivateKey, other_ec_key: PrivateKey, captured: io.StringIO
+    key_and_junk_dir: Path, ec_key: PrivateKey, other_ec_key: PrivateKey, captured: io.StringIO
 ) -> None:
-    store = KeyStore(keys_dir)
+    store = KeyStore(key_and_junk_dir)
     store.reload()
     service = AuthorizationService(lambda: store.snapshot, Policy())
     forged = mint(other_ec_key, KID, {"exp": time.time() + 600})
@@ -109,10 +110,10 @@ def test_json_denial_carries_fields_and_request_id(
         assert token.split(".")[2] not in text
 
 
-def test_serve_json_logs(keys_dir: Path, ec_key: PrivateKey) -> None:
+def test_serve_json_logs(key_and_junk_dir: Path, ec_key: PrivateKey) -> None:
     expired = mint(ec_key, KID, {"exp": time.time() - 600})
     with AuthzProcess(
-        keys_dir, "--log-format", "json", "--metrics-listen", "127.0.0.1:0"
+        key_and_junk_dir, "--log-format", "json", "--metrics-listen", "127.0.0.1:0"
     ) as process:
         with grpc.insecure_channel(process.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
@@ -124,7 +125,7 @@ def test_serve_json_logs(keys_dir: Path, ec_key: PrivateKey) -> None:
     entries = json_lines(process.log)
     (serving,) = [e for e in entries if e.get("event") == "serving"]
     assert serving["listen"] == process.address
-    assert serving["keys_dir"] == str(keys_dir)
+    assert serving["keys_dir"] == str(key_and_junk_dir)
     assert serving["projects"] == 1
     assert serving["keys"] == 1
     assert serving["metrics"].startswith("127.0.0.1:")
@@ -142,15 +143,15 @@ def test_serve_json_logs(keys_dir: Path, ec_key: PrivateKey) -> None:
     assert expired.split(".")[2] not in process.log
 
 
-def test_log_format_comes_from_the_environment(keys_dir: Path) -> None:
-    with AuthzProcess(keys_dir, env={"AUTHZ_LOG_FORMAT": "json"}) as process:
+def test_log_format_comes_from_the_environment(key_and_junk_dir: Path) -> None:
+    with AuthzProcess(key_and_junk_dir, env={"AUTHZ_LOG_FORMAT": "json"}) as process:
         assert process.stop() == 0
     assert any(e.get("event") == "serving" for e in json_lines(process.log))
 
 
-def test_text_format_is_unchanged(keys_dir: Path, ec_key: PrivateKey) -> None:
+def test_text_format_is_unchanged(key_and_junk_dir: Path, ec_key: PrivateKey) -> None:
     token = mint(ec_key, KID, {"exp": time.time() - 600})
-    with AuthzProcess(keys_dir) as process:
+    with AuthzProcess(key_and_junk_dir) as process:
         with grpc.insecure_channel(process.address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             stub.Check(check_request(f"/eth/{PROJECT}", token=token, request_id="rq-5"), timeout=5)

@@ -19,7 +19,7 @@ from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import wait_for
+from tests.support import wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 OPEN_PROJECT = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"
@@ -51,21 +51,21 @@ def decisions(samples: Samples, result: str, reason: str) -> float:
 
 
 @pytest.fixture
-def keys_dir(tmp_path: Path, ec_key: PrivateKey) -> Path:
-    (tmp_path / PROJECT).mkdir()
-    (tmp_path / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
-    (tmp_path / PROJECT / f"{BAD_KID}.pem").write_text("not a key\n")
-    return tmp_path
+def key_and_junk_dir(keys_dir: Path, ec_key: PrivateKey) -> Path:
+    """The keys directory with the project's key ``KID`` and ``BAD_KID.pem``, not a key."""
+    write_key(keys_dir / PROJECT, KID, ec_key)
+    write_key(keys_dir / PROJECT, BAD_KID, b"not a key\n")
+    return keys_dir
 
 
 def test_scrape_counts_decisions_and_state_without_ids(
-    keys_dir: Path, ec_key: PrivateKey, other_ec_key: PrivateKey
+    key_and_junk_dir: Path, ec_key: PrivateKey, other_ec_key: PrivateKey
 ) -> None:
     now = time.time()
     valid = mint(ec_key, KID, {"exp": now + 600})
     expired = mint(ec_key, KID, {"exp": now - 600})
     forged = mint(other_ec_key, KID, {"exp": now + 600})
-    with AuthzProcess(keys_dir, "--metrics-listen", "127.0.0.1:0") as process:
+    with AuthzProcess(key_and_junk_dir, "--metrics-listen", "127.0.0.1:0") as process:
         match = _METRICS.search(process.log)
         assert match, process.log
         metrics_address = match.group(1)
@@ -108,29 +108,31 @@ def test_scrape_counts_decisions_and_state_without_ids(
         assert part not in text
 
 
-def test_metrics_listen_comes_from_the_environment(keys_dir: Path) -> None:
+def test_metrics_listen_comes_from_the_environment(key_and_junk_dir: Path) -> None:
     env = {"AUTHZ_METRICS_LISTEN": "127.0.0.1:0"}
-    with AuthzProcess(keys_dir, env=env) as process:
+    with AuthzProcess(key_and_junk_dir, env=env) as process:
         match = _METRICS.search(process.log)
         assert match, process.log
         assert "authz_keys_loaded 1.0" in scrape(match.group(1))
 
 
-def test_metrics_are_off_by_default(keys_dir: Path) -> None:
-    with AuthzProcess(keys_dir) as process:
+def test_metrics_are_off_by_default(key_and_junk_dir: Path) -> None:
+    with AuthzProcess(key_and_junk_dir) as process:
         assert "metrics off" in process.log
         assert not _METRICS.search(process.log)
 
 
-def test_reload_metrics_follow_the_keys_directory(keys_dir: Path, ec_key: PrivateKey) -> None:
+def test_reload_metrics_follow_the_keys_directory(
+    key_and_junk_dir: Path, ec_key: PrivateKey
+) -> None:
     with AuthzProcess(
-        keys_dir, "--metrics-listen", "127.0.0.1:0", "--rescan-interval", "0.1"
+        key_and_junk_dir, "--metrics-listen", "127.0.0.1:0", "--rescan-interval", "0.1"
     ) as process:
         match = _METRICS.search(process.log)
         assert match, process.log
         address = match.group(1)
-        (keys_dir / "second").mkdir()
-        (keys_dir / "second" / "k2.pem").write_bytes(public_pem(ec_key))
+        (key_and_junk_dir / "second").mkdir()
+        (key_and_junk_dir / "second" / "k2.pem").write_bytes(public_pem(ec_key))
 
         def two_keys() -> bool:
             return parse(scrape(address))[("authz_keys_loaded", ())] == 2
@@ -202,10 +204,10 @@ def _free_ports(count: int) -> int:
     raise AssertionError("no free port range")
 
 
-def test_each_worker_serves_metrics_on_its_own_port(keys_dir: Path) -> None:
+def test_each_worker_serves_metrics_on_its_own_port(key_and_junk_dir: Path) -> None:
     first = _free_ports(4)
     with AuthzProcess(
-        keys_dir,
+        key_and_junk_dir,
         "--workers",
         "2",
         "--listen",
@@ -223,11 +225,19 @@ def test_each_worker_serves_metrics_on_its_own_port(keys_dir: Path) -> None:
 
 
 def test_workers_on_port_zero_need_metrics_port_zero(
-    keys_dir: Path, capsys: pytest.CaptureFixture[str]
+    key_and_junk_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from authz_server.cli import main
 
-    args = ["serve", "--keys-dir", str(keys_dir), "--workers", "2", "--listen", "127.0.0.1:0"]
+    args = [
+        "serve",
+        "--keys-dir",
+        str(key_and_junk_dir),
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+    ]
     with pytest.raises(SystemExit) as exited:
         main([*args, "--metrics-listen", "127.0.0.1:9100"])
     assert exited.value.code == 2

@@ -24,10 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, mint
 from tests.authz_process import AuthzProcess
 from tests.raw_http2 import StalledStreams
-from tests.support import wait_for
+from tests.support import wait_for, write_key
 from tests.test_lifecycle import authz_host_health
 from tests.test_metrics import KID, PROJECT
 
@@ -40,10 +40,10 @@ RPC = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})
 
 
 @pytest.fixture
-def keys_dir(tmp_path: Path, ec_key: PrivateKey) -> Path:
-    (tmp_path / PROJECT).mkdir()
-    (tmp_path / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
-    return tmp_path
+def one_key_dir(keys_dir: Path, ec_key: PrivateKey) -> Path:
+    """The keys directory with the project's one key, ``KID``."""
+    write_key(keys_dir / PROJECT, KID, ec_key)
+    return keys_dir
 
 
 def health_answer(address: str, timeout: float = 2.0) -> str:
@@ -93,12 +93,12 @@ def post_through_envoy(port: int, token: str) -> list[tuple[int, float]]:
 
 
 def test_256_stalled_check_streams_starve_neither_envoys_checks_nor_health(
-    keys_dir: Path, ec_key: PrivateKey
+    one_key_dir: Path, ec_key: PrivateKey
 ) -> None:
     token = mint(ec_key, KID, {"exp": time.time() + 600})
     with (
         JsonRpcNode() as node,
-        AuthzProcess(keys_dir) as authz,
+        AuthzProcess(one_key_dir) as authz,
         EnvoyProcess(
             render(
                 listen=Endpoint("127.0.0.1", 0),
@@ -130,8 +130,8 @@ def test_256_stalled_check_streams_starve_neither_envoys_checks_nor_health(
 
 
 def test_the_old_threads_option_still_starts_the_server_and_says_it_is_ignored(
-    keys_dir: Path,
+    one_key_dir: Path,
 ) -> None:
-    with AuthzProcess(keys_dir, "--threads", "4") as authz:
+    with AuthzProcess(one_key_dir, "--threads", "4") as authz:
         assert health_answer(authz.address) == "SERVING"
     assert "--threads (AUTHZ_THREADS) is deprecated and ignored" in authz.log

@@ -32,11 +32,11 @@ from authz_server.devtools.requests import check_request
 from authz_server.keystore import KeyStore
 from authz_server.metrics import StateCollector
 from authz_server.mounts import is_mount_point
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 from tests.authz_process import AuthzProcess
-from tests.support import BAD_SIGNATURE, MISSING, UNKNOWN_KID, wait_for
+from tests.support import BAD_SIGNATURE, MISSING, UNKNOWN_KID, wait_for, write_key
 from tests.test_metrics import parse
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
@@ -101,13 +101,6 @@ def volumes(can_mount: None) -> Iterator[Volumes]:
         yield made
     finally:
         made.release()
-
-
-def write_key(directory: Path, kid: str, key: PrivateKey) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{kid}.pem"
-    path.write_bytes(public_pem(key))
-    return path
 
 
 def answer(service: AuthorizationService, project: str, token: str | None) -> str:
