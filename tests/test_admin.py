@@ -33,7 +33,7 @@ from authz_server.cli._format import span, time_spec
 from authz_server.keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Allowed, Policy, Reason, decide, deny_body
-from tests.support import b64, segment, verify_key
+from tests.support import b64, segment, verify_key, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 NOW = 1_700_000_000  # 2023-11-14 22:13:20 UTC
@@ -604,8 +604,7 @@ def test_list_of_nothing_says_so(cli: Cli, keys_dir: Path) -> None:
 
 
 def test_list_escapes_control_characters_in_file_names(cli: Cli, keys_dir: Path) -> None:
-    (keys_dir / PROJECT).mkdir()
-    (keys_dir / PROJECT / "evil\x1b[2J.pem").write_bytes(public_pem(new_ec_key()))
+    write_key(keys_dir / PROJECT, "evil\x1b[2J", new_ec_key())
     result = cli("keys", "list", "--keys-dir", keys_dir)
     assert "\x1b" not in result.out
     assert "evil\\x1b[2J" in result.out
@@ -899,8 +898,7 @@ def test_check_gives_the_exact_denial_of_the_gate(
 
 
 def test_check_decodes_what_it_can_of_a_malformed_token(cli: Cli, keys_dir: Path) -> None:
-    (keys_dir / PROJECT).mkdir()
-    (keys_dir / PROJECT / "k.pem").write_bytes(public_pem(new_ec_key()))
+    write_key(keys_dir / PROJECT, "k", new_ec_key())
     token = segment({"alg": "ES256", "kid": "k"}) + ".%%%." + "sig"
     result = check(cli, keys_dir, token)
     assert result.status == 1

@@ -65,6 +65,7 @@ from tests.support import (
     NOT_YET,
     UNKNOWN_KID,
     UNSUPPORTED,
+    write_key,
 )
 
 PROJECT: Final = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
@@ -1151,8 +1152,7 @@ def world(
         (OTHER_PROJECT, OTHER_KID): other_ec_key,
     }
     for (project, kid), key in files.items():
-        (keys_dir / project).mkdir(exist_ok=True)
-        (keys_dir / project / f"{kid}.pem").write_bytes(public_pem(key))
+        write_key(keys_dir / project, kid, key)
     store = KeyStore(keys_dir)
     snapshot = store.reload()
     assert set(snapshot.keys_for(PROJECT) or ()) == {EC_KID, RSA_KID, E3_KID}

@@ -15,10 +15,10 @@ from authz_server.budget import FailedCheckBudget
 from authz_server.cache import CachingVerifier
 from authz_server.devtools.requests import check_request
 from authz_server.keys import VerifyKey
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, mint
 from authz_server.verifier import Allowed, Denied, Policy, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import BAD_SIGNATURE, verify_key
+from tests.support import BAD_SIGNATURE, verify_key, write_key
 
 NOW = 1_700_000_000
 FLOODED = "flooded-project"
@@ -140,8 +140,7 @@ def test_serve_takes_the_budget_from_its_option(
     throttled: bool,
 ) -> None:
     for project in (FLOODED, QUIET):
-        (tmp_path / project).mkdir()
-        (tmp_path / project / "k1.pem").write_bytes(public_pem(ec_key))
+        write_key(tmp_path / project, "k1", ec_key)
     forged = mint(other_ec_key, "k1", {})
     with (
         AuthzProcess(tmp_path, "--failed-check-budget", budget, "--cache-size", "0") as authz,

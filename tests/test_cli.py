@@ -11,8 +11,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authz_server.tokens import PrivateKey, public_pem
+from authz_server.tokens import PrivateKey
 from tests.authz_process import AuthzProcess, authz_server_binary
+from tests.support import write_key
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,8 +85,7 @@ def test_every_option_is_documented_with_its_environment_variable() -> None:
 
 
 def test_options_come_from_the_environment(tmp_path: Path, ec_key: PrivateKey) -> None:
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "k.pem").write_bytes(public_pem(ec_key))
+    write_key(tmp_path / "p", "k", ec_key)
     process = AuthzProcess(
         tmp_path / "ignored-by-cli-flag",
         env={"AUTHZ_LEEWAY": "5", "AUTHZ_FORWARD_JWT": "true", "AUTHZ_DRAIN_DELAY": "0"},

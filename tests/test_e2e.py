@@ -25,7 +25,7 @@ from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import wait_for
+from tests.support import wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 ROUTED = "routed-project"
@@ -79,10 +79,8 @@ def _json(response: object) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, ec_key: PrivateKey) -> Iterator[Stack]:
     keys_dir = tmp_path_factory.mktemp("keys")
-    (keys_dir / PROJECT).mkdir()
-    (keys_dir / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
-    (keys_dir / ROUTED).mkdir()
-    (keys_dir / ROUTED / f"{KID}.pem").write_bytes(public_pem(ec_key))
+    write_key(keys_dir / PROJECT, KID, ec_key)
+    write_key(keys_dir / ROUTED, KID, ec_key)
     with (
         JsonRpcNode() as node,
         AuthzProcess(keys_dir, "--audience-suffix", SUFFIX) as authz,

@@ -164,9 +164,26 @@ def test_refusals_are_data_every_file_with_its_reason(keys_dir: Path, ec_key: Pr
     write_key(keys_dir / PROJECT, "empty", b"")
     entry = _loaded(keys_dir).snapshot.projects[PROJECT]
     assert entry.refused == (
-        ("empty.pem", "empty file"),
-        (f"k{MAX_KEYS_PER_PROJECT}.pem", "over the limit of 25 keys (the oldest stay active)"),
+        ("empty.pem", "empty file", "empty_file"),
+        (
+            f"k{MAX_KEYS_PER_PROJECT}.pem",
+            "over the limit of 25 keys (the oldest stay active)",
+            "too_many_keys",
+        ),
     )
+
+
+def test_refusals_of_one_kind_share_a_code_and_are_summed_under_it(
+    keys_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for bits in (1024, 1536):
+        small = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        write_key(keys_dir / PROJECT, f"rsa{bits}", public_pem(small))
+    with caplog.at_level(logging.WARNING, logger="authz_server.keystore"):
+        entry = _loaded(keys_dir).snapshot.projects[PROJECT]
+    assert {refusal.code for refusal in entry.refused} == {"rsa_size"}
+    (summary,) = [r for r in caplog.records if getattr(r, "event", None) == "keys_refused"]
+    assert summary.reasons == {"RSA key of 1024 bits (accepted: 2048 to 8192)": 2}  # type: ignore[attr-defined]
 
 
 def test_a_refusal_never_quotes_the_file(keys_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -223,7 +240,11 @@ def test_a_key_file_whose_name_is_no_key_id_is_refused_and_the_others_load(
     store = _loaded(keys_dir)
     assert kids(store) == {"good"}
     assert store.snapshot.projects[PROJECT].refused == (
-        (f"{name}.pem", "the file name is not a key id (1 to 128 of A-Z a-z 0-9 _ -)"),
+        (
+            f"{name}.pem",
+            "the file name is not a key id (1 to 128 of A-Z a-z 0-9 _ -)",
+            "bad_key_id",
+        ),
     )
 
 
@@ -493,8 +514,7 @@ def test_the_snapshot_is_complete_only_after_a_whole_scan(
     assert store.snapshot.complete is False
     store.reload()  # the directory is missing: nothing was scanned
     assert store.snapshot.complete is False
-    (keys_dir / "p").mkdir(parents=True)
-    (keys_dir / "p" / "k.pem").write_bytes(public_pem(ec_key))
+    write_key(keys_dir / "p", "k", ec_key)
     store.reload(["p"])  # one project read is not the whole directory
     assert store.snapshot.complete is False
     assert store.snapshot.keys_for("p") is not None

@@ -29,7 +29,7 @@ from authz_server.devtools.envoy_config import AUTHZ_CLUSTER, Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.devtools.requests import check_request
 from authz_server.server import running_gate
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import SERVICE_NAME
 from tests.authz_process import AuthzProcess
 from tests.support import wait_for, write_key
@@ -67,8 +67,7 @@ def test_not_serving_until_the_first_key_load(tmp_path: Path, ec_key: PrivateKey
     with running_gate(settings) as server:
         assert health_status(server.address) == NOT_SERVING
         assert health_status(server.address, SERVICE_NAME) == NOT_SERVING
-        (keys_dir / PROJECT).mkdir(parents=True)
-        (keys_dir / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
+        write_key(keys_dir / PROJECT, KID, ec_key)
         wait_for(lambda: health_status(server.address) == SERVING, timeout=10, interval=0.05)
         assert health_status(server.address, SERVICE_NAME) == SERVING
     assert server.health is not None
@@ -224,8 +223,7 @@ def test_a_first_key_load_during_the_drain_leaves_health_not_serving(
     caplog.set_level(logging.INFO, logger="authz_server")
     with running_gate(settings) as server:
         server.begin_drain()
-        (keys_dir / PROJECT).mkdir(parents=True)
-        (keys_dir / PROJECT / f"{KID}.pem").write_bytes(public_pem(ec_key))
+        write_key(keys_dir / PROJECT, KID, ec_key)
         wait_for(lambda: "keys loaded" in caplog.text, timeout=10, interval=0.05)
         assert "health stays NOT_SERVING: draining" in caplog.text
         assert health_status(server.address) == NOT_SERVING

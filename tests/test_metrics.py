@@ -15,7 +15,7 @@ from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.devtools.requests import check_request
 from authz_server.keystore import KeyStore
 from authz_server.metrics import CHECK_DURATION_BUCKETS, CheckDurations, CheckMetrics
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy, Reason
 from tests.authz_process import AuthzProcess
@@ -131,8 +131,7 @@ def test_reload_metrics_follow_the_keys_directory(
         match = _METRICS.search(process.log)
         assert match, process.log
         address = match.group(1)
-        (key_and_junk_dir / "second").mkdir()
-        (key_and_junk_dir / "second" / "k2.pem").write_bytes(public_pem(ec_key))
+        write_key(key_and_junk_dir / "second", "k2", ec_key)
 
         def two_keys() -> bool:
             return parse(scrape(address))[("authz_keys_loaded", ())] == 2

@@ -19,9 +19,10 @@ from authz_server._proto.envoy.service.auth.v3 import (
 )
 from authz_server.devtools.requests import check_request
 from authz_server.keystore import KeyStore
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import AuthorizationService, GateServer, project_of
 from authz_server.verifier import Policy, Reason
+from tests.support import write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 KID = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
@@ -56,8 +57,7 @@ class Gate:
         self.stub = external_auth_pb2_grpc.AuthorizationStub(self.channel)
 
     def add_key(self, project: str, kid: str, key: PrivateKey) -> None:
-        (self.keys_dir / project).mkdir(parents=True, exist_ok=True)
-        (self.keys_dir / project / f"{kid}.pem").write_bytes(public_pem(key))
+        write_key(self.keys_dir / project, kid, key)
         self.store.reload()
 
     def check(

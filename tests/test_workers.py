@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
-from authz_server.tokens import PrivateKey, public_pem
+from authz_server.tokens import PrivateKey
 from tests.authz_process import AuthzProcess, authz_server_binary
-from tests.support import wait_for
+from tests.support import wait_for, write_key
 
 _SERVING = re.compile(r"\[(\d+)\] authz_server: serving on 127\.0\.0\.1:(\d+):")
 
@@ -70,8 +70,7 @@ def test_every_worker_drains_and_a_second_signal_reaches_them_all(tmp_path: Path
 
 
 def test_envoy_balances_calls_over_the_workers(tmp_path: Path, ec_key: PrivateKey) -> None:
-    (tmp_path / "locked").mkdir()
-    (tmp_path / "locked" / "k.pem").write_bytes(public_pem(ec_key))
+    write_key(tmp_path / "locked", "k", ec_key)
     with JsonRpcNode() as node, AuthzProcess(tmp_path, "--workers", "2") as process:
         wait_for(lambda: len(_workers(process)) == 2, timeout=20)
         config = render(
