@@ -64,7 +64,7 @@ def jwk_to_pem(data: bytes) -> tuple[bytes, str | None]:
     """
     jwk = _single_jwk(data)
     if _PRIVATE_MEMBERS & jwk.keys():
-        raise KeyRejected("a private key: register only the public key")
+        raise KeyRejected("private_key", "a private key: register only the public key")
     pem = _import_public_jwk(jwk).as_pem()
     alg, _key = parse_public_key(pem)
     _check_intended_use(jwk, alg)
@@ -87,17 +87,17 @@ def _single_jwk(data: bytes) -> dict[str, Any]:
     try:
         document = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise KeyRejected("not valid JSON (expected a JWK)") from None
+        raise KeyRejected("not_jwk", "not valid JSON (expected a JWK)") from None
     if not isinstance(document, dict):
-        raise KeyRejected("not a JWK (expected a JSON object)")
+        raise KeyRejected("not_jwk", "not a JWK (expected a JSON object)")
     if "keys" in document and "kty" not in document:
         keys = document["keys"]
         if not isinstance(keys, list) or len(keys) != 1:
             count = len(keys) if isinstance(keys, list) else "no list of"
-            raise KeyRejected(f"a JWKS with {count} keys: add one key at a time")
+            raise KeyRejected("jwks_size", f"a JWKS with {count} keys: add one key at a time")
         document = keys[0]
         if not isinstance(document, dict):
-            raise KeyRejected("not a JWK (expected a JSON object)")
+            raise KeyRejected("not_jwk", "not a JWK (expected a JSON object)")
     return document
 
 
@@ -126,22 +126,26 @@ def _import_public_jwk(jwk: Mapping[str, Any]) -> ImportedKey:
     if kty == "EC":
         crv = jwk.get("crv")
         if not isinstance(crv, str) or crv not in _EC_COORDINATE_BYTES:
-            raise KeyRejected(f"EC JWK on unknown curve {_shown(crv)}")
+            raise KeyRejected("ec_curve", f"EC JWK on unknown curve {_shown(crv)}")
         size = _EC_COORDINATE_BYTES[crv]
         x, y = _base64url(jwk, "x"), _base64url(jwk, "y")
         if _decoded_length(x) != size or _decoded_length(y) != size:
-            raise KeyRejected(f"EC JWK whose x or y is not {size} bytes long for {crv}")
+            raise KeyRejected(
+                "jwk_member", f"EC JWK whose x or y is not {size} bytes long for {crv}"
+            )
         material = {"kty": "EC", "crv": crv, "x": x, "y": y}
         return _import(ECKey, material, f"EC JWK whose x, y is not a point on {crv}")
     if kty == "OKP":
         crv = jwk.get("crv")
         if not isinstance(crv, str) or crv not in _OKP_CURVES:
-            raise KeyRejected(f"OKP JWK on unknown curve {_shown(crv)}")
+            raise KeyRejected("key_type", f"OKP JWK on unknown curve {_shown(crv)}")
         material = {"kty": "OKP", "crv": crv, "x": _base64url(jwk, "x")}
         return _import(OKPKey, material, f"OKP JWK whose x is not a {crv} key")
     if kty == "oct":
-        raise KeyRejected("a shared secret (kty oct): register a public key")
-    raise KeyRejected(f"JWK of kty {_shown(kty)} (accepted: RSA for RS256, EC P-256 for ES256)")
+        raise KeyRejected("key_type", "a shared secret (kty oct): register a public key")
+    raise KeyRejected(
+        "key_type", f"JWK of kty {_shown(kty)} (accepted: RSA for RS256, EC P-256 for ES256)"
+    )
 
 
 def _import(
@@ -155,27 +159,29 @@ def _import(
             warnings.simplefilter("ignore", SecurityWarning)
             return key_class.import_key(material)
     except (ValueError, JoseError) as exc:
-        raise KeyRejected(refusal.format(reason=exc)) from None
+        raise KeyRejected("unreadable_jwk", refusal.format(reason=exc)) from None
 
 
 def _check_intended_use(jwk: Mapping[str, Any], alg: Algorithm) -> None:
     """A JWK that says it is for something else would never verify a token here."""
     declared = jwk.get("alg")
     if declared is not None and declared != alg:
-        raise KeyRejected(f"JWK alg {_shown(declared)}, but this key can verify {alg} only")
+        raise KeyRejected(
+            "jwk_use", f"JWK alg {_shown(declared)}, but this key can verify {alg} only"
+        )
     use = jwk.get("use")
     if use is not None and use != "sig":
-        raise KeyRejected(f"JWK use {_shown(use)} (a key for tokens has use sig)")
+        raise KeyRejected("jwk_use", f"JWK use {_shown(use)} (a key for tokens has use sig)")
     ops = jwk.get("key_ops")
     if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        raise KeyRejected("JWK key_ops without verify")
+        raise KeyRejected("jwk_use", "JWK key_ops without verify")
 
 
 def _base64url(jwk: Mapping[str, Any], name: str) -> str:
     """A member's base64url text, without the padding some tools add; joserfc decodes it."""
     value = jwk.get(name)
     if not isinstance(value, str) or not value:
-        raise KeyRejected(f"JWK member {name} missing or not a string")
+        raise KeyRejected("jwk_member", f"JWK member {name} missing or not a string")
     text = value.rstrip("=")
     tail = len(text) % 4
     if (
@@ -183,7 +189,7 @@ def _base64url(jwk: Mapping[str, Any], name: str) -> str:
         or tail == 1
         or (tail and text[-1] not in _CANONICAL_LAST[tail])
     ):
-        raise KeyRejected(f"JWK member {name} is not base64url")
+        raise KeyRejected("jwk_member", f"JWK member {name} is not base64url")
     return text
 
 

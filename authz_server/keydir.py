@@ -158,7 +158,7 @@ def key_rows(store: KeyStore, project: str) -> list[KeyRow]:
     with _project_lock(directory, exclusive=False):
         entry = store.reload([project]).projects.get(project)
         active = {} if entry is None else entry.keys
-        refused = {} if entry is None else dict(entry.refused)
+        refused = {} if entry is None else {r.name: r.reason for r in entry.refused}
         rows = []
         for file_name, mtime_ns, mode, size in _key_files(directory):
             kid = file_name.removesuffix(KEY_SUFFIX)

@@ -83,7 +83,13 @@ def has_roca_fingerprint(modulus: int) -> bool:
 
 
 class KeyRejected(ValueError):
-    """A key file's content is not an acceptable public key; ``str()`` says why."""
+    """A key file is not an acceptable public key: ``code`` is a short stable name for the
+    reason (``rsa_size``, ``private_key``, ...: metric labels and summaries group by it),
+    ``str()`` the one-line message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -126,42 +132,48 @@ def parse_public_key(data: bytes) -> tuple[Algorithm, PublicKey]:
     The reason never quotes the file: it may be a secret put there by mistake.
     """
     if not data.strip():
-        raise KeyRejected("empty file")
+        raise KeyRejected("empty_file", "empty file")
     if len(data) > MAX_KEY_FILE_BYTES:
-        raise KeyRejected(f"file larger than {MAX_KEY_FILE_BYTES} bytes")
+        raise KeyRejected("too_large", f"file larger than {MAX_KEY_FILE_BYTES} bytes")
     if b"PRIVATE KEY-----" in data:
-        raise KeyRejected("a private key: register only the public key")
+        raise KeyRejected("private_key", "a private key: register only the public key")
     if not any(label in data for label in _PEM_PUBLIC_LABELS):
-        raise KeyRejected("not a PEM public key (expected BEGIN PUBLIC KEY or RSA PUBLIC KEY)")
+        raise KeyRejected(
+            "not_pem", "not a PEM public key (expected BEGIN PUBLIC KEY or RSA PUBLIC KEY)"
+        )
     if data.count(b"-----BEGIN ") > 1:
-        raise KeyRejected("more than one PEM block: one key per file")
+        raise KeyRejected("several_pem", "more than one PEM block: one key per file")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise KeyRejected("unreadable PEM public key") from None
+        raise KeyRejected("unreadable_pem", "unreadable PEM public key") from None
     if isinstance(key, rsa.RSAPublicKey):
         bits = key.key_size
         if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
             raise KeyRejected(
-                f"RSA key of {bits} bits (accepted: {MIN_RSA_BITS} to {MAX_RSA_BITS})"
+                "rsa_size", f"RSA key of {bits} bits (accepted: {MIN_RSA_BITS} to {MAX_RSA_BITS})"
             )
         numbers = key.public_numbers()
         if numbers.e < 3 or numbers.e % 2 == 0:
-            raise KeyRejected(f"RSA key with unsafe public exponent {numbers.e}")
+            raise KeyRejected("rsa_exponent", f"RSA key with unsafe public exponent {numbers.e}")
         if numbers.e >= MAX_RSA_EXPONENT:
             raise KeyRejected(
+                "rsa_exponent",
                 f"RSA key with a {numbers.e.bit_length()}-bit public exponent "
-                "(accepted: odd, 3 to 2^32 - 1)"
+                "(accepted: odd, 3 to 2^32 - 1)",
             )
         if has_roca_fingerprint(numbers.n):
             raise KeyRejected(
+                "roca",
                 "RSA key with the ROCA weakness (CVE-2017-15361): its private key can be "
-                "recovered; make a new key pair with up-to-date software"
+                "recovered; make a new key pair with up-to-date software",
             )
         return "RS256", key
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
-            raise KeyRejected(f"EC key on curve {key.curve.name} (accepted: P-256 for ES256)")
+            raise KeyRejected(
+                "ec_curve", f"EC key on curve {key.curve.name} (accepted: P-256 for ES256)"
+            )
         return "ES256", key
     kind = type(key).__name__.removesuffix("PublicKey").removeprefix("_") or "unknown"
-    raise KeyRejected(f"{kind} key (accepted: RSA for RS256, EC P-256 for ES256)")
+    raise KeyRejected("key_type", f"{kind} key (accepted: RSA for RS256, EC P-256 for ES256)")

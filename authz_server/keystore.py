@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, is_valid_id, parse_public_key
 from .logtext import printable
@@ -50,6 +50,8 @@ __all__ = [
 ]
 
 MAX_KEYS_PER_PROJECT: Final = 25
+# The refusal code of a loadable key past the first MAX_KEYS_PER_PROJECT.
+TOO_MANY_KEYS: Final = "too_many_keys"
 KEY_SUFFIX: Final = ".pem"
 
 log = logging.getLogger("authz_server.keystore")
@@ -71,8 +73,14 @@ _LOGGED_FILES_PER_REASON: Final = 3
 
 # (name, st_dev, st_ino, st_size, st_mtime_ns, st_mode); a dangling link is all zeros.
 _FileStat = tuple[str, int, int, int, int, int]
-# (file name, reason) of a candidate key file that is not active.
-Refusal = tuple[str, str]
+
+
+class Refusal(NamedTuple):
+    """A candidate key file that is not active, and why."""
+
+    name: str  # the file name
+    reason: str  # one line for people
+    code: str  # a short stable name for the reason (KeyRejected.code, or "too_many_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,12 +402,15 @@ class KeyStore:
             try:
                 key = read_key_file(directory / name, kid, mode, size)
             except KeyRejected as exc:
-                refused.append((name, str(exc)))
+                refused.append(Refusal(name, str(exc), exc.code))
                 continue
             loaded.append((mtime_ns, name, key))
         loaded.sort(key=lambda item: (item[0], item[1]))
         over_limit = f"over the limit of {self.max_keys} keys (the oldest stay active)"
-        refused.extend((name, over_limit) for _mtime, name, _key in loaded[self.max_keys :])
+        refused.extend(
+            Refusal(name, over_limit, TOO_MANY_KEYS)
+            for _mtime, name, _key in loaded[self.max_keys :]
+        )
         if refused:
             self.keys_refused += len(refused)
             _log_refusals(self.log, directory, project, refused)
@@ -524,10 +535,12 @@ def _log_refusals(
     """One line for all of a project's refused files: the reasons, most frequent first,
     each with its first few files and a count, so that a directory of 10,000 bad files
     costs one line per reload, not 10,000 (``keys list`` shows every one)."""
-    by_reason: dict[str, list[str]] = {}
-    for name, reason in refused:
-        by_reason.setdefault(printable(reason), []).append(name)
-    ranked = sorted(by_reason.items(), key=lambda item: -len(item[1]))  # stable: ties keep order
+    # Grouped by code ("RSA key of 1000 bits" and "of 1001 bits" are one reason), each
+    # shown with the message of its first file.
+    by_code: dict[str, tuple[str, list[str]]] = {}
+    for refusal in refused:
+        by_code.setdefault(refusal.code, (printable(refusal.reason), []))[1].append(refusal.name)
+    ranked = sorted(by_code.values(), key=lambda item: -len(item[1]))  # stable: ties keep order
     shown = ranked[:_LOGGED_REASONS]
     files = {reason: names[:_LOGGED_FILES_PER_REASON] for reason, names in shown}
     parts = []
@@ -596,22 +609,26 @@ def read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
     """Load one key file whose stat (``mode``, ``size``) was just taken; raise
     :class:`KeyRejected` with the reason. Never blocks on a FIFO or device."""
     if mode == 0:
-        raise KeyRejected("cannot be resolved (a dangling, looping or unreachable link)")
+        raise KeyRejected(
+            "unresolvable_link", "cannot be resolved (a dangling, looping or unreachable link)"
+        )
     if not is_valid_id(kid):
         # The kid travels in a header (x-jwt-kid), in logs and in URLs of the tooling.
-        raise KeyRejected("the file name is not a key id (1 to 128 of A-Z a-z 0-9 _ -)")
+        raise KeyRejected(
+            "bad_key_id", "the file name is not a key id (1 to 128 of A-Z a-z 0-9 _ -)"
+        )
     if not stat.S_ISREG(mode):
-        raise KeyRejected("not a regular file")
+        raise KeyRejected("not_regular_file", "not a regular file")
     if size > MAX_KEY_FILE_BYTES:
-        raise KeyRejected(f"file larger than {MAX_KEY_FILE_BYTES} bytes")
+        raise KeyRejected("too_large", f"file larger than {MAX_KEY_FILE_BYTES} bytes")
     try:
         # O_NONBLOCK: if the file was swapped for a FIFO since the stat, never hang.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise KeyRejected(f"cannot open ({exc.strerror})") from None
+        raise KeyRejected("cannot_open", f"cannot open ({exc.strerror})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KeyRejected("not a regular file")
+            raise KeyRejected("not_regular_file", "not a regular file")
         chunks: list[bytes] = []
         remaining = MAX_KEY_FILE_BYTES + 1
         while remaining > 0 and (chunk := os.read(fd, remaining)):
@@ -619,7 +636,7 @@ def read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
             remaining -= len(chunk)
         data = b"".join(chunks)
     except OSError as exc:
-        raise KeyRejected(f"cannot read ({exc.strerror})") from None
+        raise KeyRejected("cannot_read", f"cannot read ({exc.strerror})") from None
     finally:
         os.close(fd)
     alg, public_key = parse_public_key(data)

@@ -12,6 +12,7 @@ reads them at scrape time, so neither module imports ``prometheus_client``.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from bisect import bisect_left
@@ -161,6 +162,17 @@ class StateCollector(Collector):
             "Key files refused when a project was (re)read.",
             store.keys_refused,
         )
+        refused = GaugeMetricFamily(
+            "authz_key_files_refused",
+            "Key files refused in the current key set, by reason code (e.g. rsa_size).",
+            labels=["reason"],
+        )
+        by_code = collections.Counter(
+            r.code for keys in snapshot.projects.values() for r in keys.refused
+        )
+        for code, count in sorted(by_code.items()):
+            refused.add_metric([code], count)
+        yield refused
         yield CounterMetricFamily(
             "authz_reloads", "Key directory scans completed.", store.reloads_completed
         )

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2_grpc
 from authz_server.devtools.requests import check_request
@@ -209,22 +209,61 @@ def test_many_refused_key_files_cost_one_summary_line_per_reload(
     assert len(captured.getvalue().splitlines()) == 4  # 2 summaries, 2 "25 active key(s)"
 
 
-def test_the_summary_line_stays_short_with_many_distinct_reasons(
+def _rsa_pem(e: int, bits: int) -> bytes:
+    numbers = rsa.RSAPublicNumbers(e, (1 << (bits - 1)) | 1)
+    return numbers.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_refusals_of_one_kind_make_one_reason_in_the_summary(
     tmp_path: Path, captured: io.StringIO
 ) -> None:
+    """ "RSA key of 1000 bits" and "of 1001 bits" share the code rsa_size: one reason."""
     project = tmp_path / PROJECT
     project.mkdir()
-    for bits in range(1000, 1020):  # 20 distinct reasons: "RSA key of N bits"
-        numbers = rsa.RSAPublicNumbers(65537, (1 << (bits - 1)) | 1)
-        pem = numbers.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        (project / f"rsa{bits}.pem").write_bytes(pem)
+    for bits in range(1000, 1020):
+        (project / f"rsa{bits}.pem").write_bytes(_rsa_pem(65537, bits))
     KeyStore(tmp_path).reload()
     (summary,) = [e for e in json_lines(captured.getvalue()) if e.get("event") == "keys_refused"]
     assert summary["refused"] == 20
+    assert summary["reasons"] == {"RSA key of 1000 bits (accepted: 2048 to 8192)": 20}
+    assert "and 17 more" in summary["message"]
+
+
+def test_the_summary_line_stays_short_with_many_distinct_reasons(
+    tmp_path: Path, captured: io.StringIO, ec_key: PrivateKey
+) -> None:
+    project = tmp_path / PROJECT
+    project.mkdir()
+    secret = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    files = {
+        "empty": b"",
+        "garbage": b"hello",
+        "private": secret,
+        "two": public_pem(ec_key) * 2,
+        "broken": b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+        "small": _rsa_pem(65537, 1000),
+        "huge-e": _rsa_pem(2**33 + 1, 2048),
+        "p384": public_pem(ec.generate_private_key(ec.SECP384R1())),
+        "ed25519": ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "bad.name": public_pem(ec_key),
+        "big": b"x" * (64 * 1024 + 1),
+    }
+    for name, data in files.items():
+        (project / f"{name}.pem").write_bytes(data)
+    (project / "dir.pem").mkdir()
+    KeyStore(tmp_path).reload()
+    (summary,) = [e for e in json_lines(captured.getvalue()) if e.get("event") == "keys_refused"]
+    assert summary["refused"] == 12
     assert len(summary["reasons"]) == 8
     assert summary["message"].endswith(
-        "12 more for 12 other reasons (each one: authz-server keys list)"
+        "4 more for 4 other reasons (each one: authz-server keys list)"
     )
     assert len(summary["message"]) < 2000

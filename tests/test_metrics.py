@@ -96,6 +96,7 @@ def test_scrape_counts_decisions_and_state_without_ids(
     assert samples[("authz_keys_loaded", ())] == 1
     assert samples[("authz_projects_with_keys", ())] == 1
     assert samples[("authz_keys_refused_total", ())] == 1
+    assert samples[("authz_key_files_refused", (("reason", "not_pem"),))] == 1
     assert samples[("authz_reloads_total", ())] >= 1
     assert samples[("authz_reload_failures_total", ())] == 0
     assert 0 <= samples[("authz_seconds_since_last_reload", ())] < 60

@@ -126,9 +126,9 @@ def _check(args: argparse.Namespace) -> int:
         if body is not None:
             lines.append(("body", f"403 {body}"))
         write_out("".join(f"{label:<8}  {text}\n" for label, text in lines))
-    for name, reason in () if entry is None else entry.refused:
-        path = escaped(str(keys_dir / project / name))
-        write_err(f"warning: refused key file {path}: {escaped(reason)}")
+    for refusal in () if entry is None else entry.refused:
+        path = escaped(str(keys_dir / project / refusal.name))
+        write_err(f"warning: refused key file {path}: {escaped(refusal.reason)}")
     return 0 if isinstance(decision, Allowed) else 1
 
 

@@ -144,7 +144,7 @@ def _keys_add(args: argparse.Namespace) -> int:
     try:
         if is_jwk(data):
             if len(data) > MAX_KEY_FILE_BYTES:
-                raise KeyRejected(f"file larger than {MAX_KEY_FILE_BYTES} bytes")
+                raise KeyRejected("too_large", f"file larger than {MAX_KEY_FILE_BYTES} bytes")
             data, jwk_kid = jwk_to_pem(data)
         alg, public_key = parse_public_key(data)
     except KeyRejected as exc:
