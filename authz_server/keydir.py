@@ -45,11 +45,11 @@ __all__ = [
     "KeyDirError",
     "KeyRow",
     "add_key",
-    "check_key_id",
-    "check_project",
     "key_rows",
     "project_names",
     "remove_key",
+    "require_key_id",
+    "require_project_id",
     "write_atomically",
 ]
 
@@ -80,14 +80,14 @@ class KeyRow:
         return None if self.key is None else thumbprint(self.key.public_key)
 
 
-def check_project(project: str) -> str:
+def require_project_id(project: str) -> str:
     """A project id as the contract defines it (the gate denies any other)."""
     if not is_valid_id(project):
         raise KeyDirError(f"invalid project id {project!r} (1 to 128 of A-Z a-z 0-9 _ -)")
     return project
 
 
-def check_key_id(kid: str) -> str:
+def require_key_id(kid: str) -> str:
     if not kid or "/" in kid or "\0" in kid or kid.startswith("."):
         raise KeyDirError(f"invalid key id {kid!r}")
     return kid

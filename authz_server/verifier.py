@@ -32,6 +32,7 @@ __all__ = [
     "check_claims",
     "check_times",
     "decide",
+    "deny_body",
     "project_id_denial",
 ]
 

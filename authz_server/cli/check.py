@@ -14,7 +14,7 @@ import time
 from typing import Final
 
 from ..config import add_option, seconds
-from ..keydir import check_project
+from ..keydir import require_project_id
 from ..keystore import KeyStore
 from ..verifier import Allowed, Policy, bearer_token, decide, deny_body
 from ._common import (
@@ -80,7 +80,7 @@ def register(commands: Subcommands) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
-    project = check_project(args.project)
+    project = require_project_id(args.project)
     token = _token_argument(args.token)
     policy = Policy(leeway=args.leeway, audience_suffix=args.audience_suffix)
     now = time.time() if args.now is None else float(args.now.at(time.time()))

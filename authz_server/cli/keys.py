@@ -24,11 +24,11 @@ from ..jwk import is_jwk, jwk_to_pem, public_jwk
 from ..keydir import (
     KeyRow,
     add_key,
-    check_key_id,
-    check_project,
     key_rows,
     project_names,
     remove_key,
+    require_key_id,
+    require_project_id,
 )
 from ..keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
 from ..keystore import MAX_KEYS_PER_PROJECT, KeyStore
@@ -136,7 +136,7 @@ def _keys_parser(
 
 def _keys_add(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
-    project = check_project(args.project)
+    project = require_project_id(args.project)
     name = _key_name(args.name)
     source = "stdin" if str(args.file) == "-" else str(args.file)
     data = read_limited(args.file, MAX_KEY_FILE_BYTES + 1)
@@ -167,7 +167,7 @@ def _keys_add(args: argparse.Namespace) -> int:
 
 def _keys_list(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
-    projects = [check_project(args.project)] if args.project else project_names(keys_dir)
+    projects = [require_project_id(args.project)] if args.project else project_names(keys_dir)
     store = KeyStore(keys_dir, quiet=True)
     rows = [row for project in projects for row in key_rows(store, project)]
     if args.json:
@@ -212,8 +212,8 @@ def _row_cells(row: KeyRow) -> list[str]:
 
 def _keys_remove(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
-    project = check_project(args.project)
-    kid = check_key_id(args.kid)
+    project = require_project_id(args.project)
+    kid = require_key_id(args.kid)
     remaining = remove_key(keys_dir, project, kid)
     write_out(f"removed key {kid} from project {project}\n")
     if remaining == 0:
@@ -225,7 +225,7 @@ def _keys_remove(args: argparse.Namespace) -> int:
 
 def _keys_export(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
-    project = check_project(args.project)
+    project = require_project_id(args.project)
     keys = [
         row.key for row in key_rows(KeyStore(keys_dir, quiet=True), project) if row.key is not None
     ]
