@@ -277,19 +277,21 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 
 def _envoy_config_command(args: argparse.Namespace) -> int:
-    from ..devtools.envoy_config import ProjectRoute, render_yaml
+    from ..devtools.envoy_config import ProjectRoute, as_yaml, render
 
     admin = None
     if args.admin.lower() != "none":
         admin = Endpoint.parse(host_port(args.admin))
     try:
-        text = render_yaml(
-            listen=Endpoint.parse(args.listen),
-            authz=Endpoint.parse(args.authz).consecutive(args.workers),
-            upstream=Endpoint.parse(args.upstream),
-            admin=admin,
-            project_routes=[ProjectRoute(prefix, project) for prefix, project in args.route],
-            authz_timeout_s=args.authz_timeout,
+        text = as_yaml(
+            render(
+                listen=Endpoint.parse(args.listen),
+                authz=Endpoint.parse(args.authz).consecutive(args.workers),
+                upstream=Endpoint.parse(args.upstream),
+                admin=admin,
+                project_routes=[ProjectRoute(prefix, project) for prefix, project in args.route],
+                authz_timeout_s=args.authz_timeout,
+            )
         )
     except ValueError as exc:
         args.parser.error(str(exc))

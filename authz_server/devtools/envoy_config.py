@@ -127,10 +127,10 @@ __all__ = [
     "LOCAL_PORTS",
     "Endpoint",
     "ProjectRoute",
+    "as_yaml",
     "local_settings",
     "main",
     "render",
-    "render_yaml",
     "rendered_files",
 ]
 
@@ -234,24 +234,9 @@ def _proto_field_names(value: Any) -> Any:
     return value
 
 
-def render_yaml(
-    *,
-    listen: Endpoint,
-    authz: Endpoint | Sequence[Endpoint],
-    upstream: Endpoint,
-    admin: Endpoint | None = None,
-    project_routes: Sequence[ProjectRoute] = (),
-    authz_timeout_s: float = 0.25,
-) -> str:
-    """``render`` as YAML: fields in protobuf declaration order, so the text is stable."""
-    config = render(
-        listen=listen,
-        authz=authz,
-        upstream=upstream,
-        admin=admin,
-        project_routes=project_routes,
-        authz_timeout_s=authz_timeout_s,
-    )
+def as_yaml(config: dict[str, Any]) -> str:
+    """A rendered config as YAML: fields in protobuf declaration order, so the text is
+    stable, under a generated-by header."""
     return _HEADER + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1000)
 
 
@@ -279,24 +264,28 @@ def rendered_files() -> dict[str, str]:
     """The checked-in renderings, by path relative to the repository root."""
     return {
         # What `make run` starts Envoy with (at the default ports).
-        LOCAL_CONFIG: render_yaml(**local_settings()),
-        "envoy/envoy.yaml": render_yaml(
-            listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the container's front door
-            authz=Endpoint("authz", 9001),
-            upstream=Endpoint("node", 8545),
-            admin=Endpoint("0.0.0.0", 9901),  # noqa: S104 - reached through compose port mapping
+        LOCAL_CONFIG: as_yaml(render(**local_settings())),
+        "envoy/envoy.yaml": as_yaml(
+            render(
+                listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the container's front door
+                authz=Endpoint("authz", 9001),
+                upstream=Endpoint("node", 8545),
+                admin=Endpoint("0.0.0.0", 9901),  # noqa: S104 - reached through compose port mapping
+            )
         ),
         # The documented example for an existing Envoy: a service started with --workers 2,
         # and providers whose URLs do not end in the project id name it per route.
-        "envoy/example-routes.yaml": render_yaml(
-            listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the front door
-            authz=[Endpoint("authz.internal", 9001), Endpoint("authz.internal", 9002)],
-            upstream=Endpoint("node.internal", 8545),
-            admin=Endpoint("127.0.0.1", 9901),
-            project_routes=[
-                ProjectRoute("/v1/mainnet", "2a8428f5a79b09aadff75a745397cf6d2f59d51e"),
-                ProjectRoute("/v1/sepolia", "5b18e8c28750eec300ee361e9412f76f5463716d"),
-            ],
+        "envoy/example-routes.yaml": as_yaml(
+            render(
+                listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the front door
+                authz=[Endpoint("authz.internal", 9001), Endpoint("authz.internal", 9002)],
+                upstream=Endpoint("node.internal", 8545),
+                admin=Endpoint("127.0.0.1", 9901),
+                project_routes=[
+                    ProjectRoute("/v1/mainnet", "2a8428f5a79b09aadff75a745397cf6d2f59d51e"),
+                    ProjectRoute("/v1/sepolia", "5b18e8c28750eec300ee361e9412f76f5463716d"),
+                ],
+            )
         ),
     }
 
