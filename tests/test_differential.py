@@ -192,7 +192,9 @@ def _number(draw: st.DrawFn, value: int | float) -> str:
     # Spellings of the same number; some read back as a float, which is a number too.
     spellings = [str(value), f"{value}e0", f"{value}E+0"]
     if abs(value) < 2**53:  # exactly a float: no rounding can move a time across now
-        spellings += [f"{value}.0", f"{value}0e-1", f"{value}00E-2"]
+        spellings.append(f"{value}.0")
+        if value:  # JSON allows no leading zero: 0 has no `00e-1` spelling
+            spellings += [f"{value}0e-1", f"{value}00E-2"]
     return draw(st.sampled_from(spellings))
 
 
