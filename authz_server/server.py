@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .config import THREADS_DEFAULT, Settings
+from .gate import Gate
 from .keystore import KeyStore
 from .logging_setup import TEXT_FORMAT
 from .metrics import CheckMetrics, MetricsServer, StateCollector
@@ -37,15 +38,15 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
     store = KeyStore(settings.keys_dir)
     snapshot = store.reload()
     metrics = CheckMetrics()
-    service = AuthorizationService(
+    gate = Gate(
         lambda: store.snapshot,
         Policy(leeway=settings.leeway, audience_suffix=settings.audience_suffix),
-        forward_jwt=settings.forward_jwt,
         cache_size=settings.cache_size,
         failed_check_budget=settings.failed_check_budget,
         metrics=metrics,
     )
-    metrics.registry.register(StateCollector(store, service.verifier))
+    service = AuthorizationService.for_gate(gate, forward_jwt=settings.forward_jwt)
+    metrics.registry.register(StateCollector(store, gate.verifier))
     if settings.threads != THREADS_DEFAULT:
         log.warning(
             "--threads (AUTHZ_THREADS) is deprecated and ignored: the gRPC server is "

@@ -1,19 +1,17 @@
 """The gRPC face of the gate: ``envoy.service.auth.v3.Authorization/Check`` and health.
 
-A thin adapter: it finds the project and the token in Envoy's ``CheckRequest``, asks
-:func:`~authz_server.verifier.decide`, and turns the decision into a ``CheckResponse``.
-It never raises: anything unexpected becomes a denial (the gate fails closed).
+A thin encoder: it finds the project, the Authorization header and the request id in
+Envoy's ``CheckRequest``, asks the :class:`~authz_server.gate.Gate`, and turns the decision
+into a ``CheckResponse``. It never raises: anything unexpected becomes a denial (the gate
+fails closed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable, Coroutine
-from time import perf_counter
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -25,22 +23,20 @@ from grpc_reflection.v1alpha import reflection
 from .._proto.envoy.config.core.v3 import base_pb2
 from .._proto.envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from .._proto.envoy.type.v3 import http_status_pb2
-from ..budget import DEFAULT_RATE, FailedCheckBudget
-from ..cache import DEFAULT_MAX_ENTRIES, CachingVerifier
+from ..budget import DEFAULT_RATE
+from ..cache import DEFAULT_MAX_ENTRIES
 from ..config import Endpoint
-from ..keystore import Snapshot
-from ..logtext import printable
-from ..metrics import CheckMetrics
-from ..verifier import (
-    Allowed,
-    Decision,
-    Denied,
-    Policy,
-    Reason,
-    bearer_token,
-    deny_body,
-    project_id_denial,
+from ..gate import (
+    AUTHZ_PROJECT_HEADER,
+    JWT_KID_HEADER,
+    Gate,
+    denial_body,
+    headers_to_remove,
+    project_from_path,
 )
+from ..keystore import Snapshot
+from ..metrics import CheckMetrics
+from ..verifier import Allowed, Policy, Reason
 
 __all__ = [
     "AUTHZ_PROJECT_HEADER",
@@ -52,10 +48,6 @@ __all__ = [
 ]
 
 SERVICE_NAME: Final = "envoy.service.auth.v3.Authorization"
-JWT_KID_HEADER: Final = "x-jwt-kid"
-AUTHZ_PROJECT_HEADER: Final = "x-authz-project"
-
-log = logging.getLogger("authz_server.service")
 
 _OK_STATUS: Final = status_pb2.Status(code=code_pb2.OK)
 _FORBIDDEN: Final = http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden)
@@ -70,29 +62,14 @@ def _set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 _JSON_CONTENT_TYPE: Final = _set_header("content-type", "application/json")
-
-
-def _aliases(header: str) -> tuple[str, ...]:
-    """``header`` spelled with some of its '-' as '_': CGI and WSGI servers read every
-    spelling as one name (``HTTP_X_JWT_KID``), so a client copy of any is a forgery."""
-    parts = header.split("-")
-    spellings = [parts[0]]
-    for part in parts[1:]:
-        spellings = [f"{head}{sep}{part}" for head in spellings for sep in "-_"]
-    return tuple(name for name in spellings if name != header)
-
-
-# The headers the gate sets on allowed requests replace every client copy of their own name
-# (Envoy's header names are case-insensitive, so case variants too); these other spellings
-# an upstream could take for them are removed. They are only removed, never set: whether
-# Envoy applies removals before or after additions is then of no consequence.
-_FORGED_ALIASES: Final = (*_aliases(JWT_KID_HEADER), *_aliases(AUTHZ_PROJECT_HEADER))
-# Before the first complete scan of the keys directory, every request is denied.
-_NOT_READY: Final = Denied(Reason.NOT_READY)
 # Cap on each table of pre-encoded responses (a safety net; real sizes are far lower).
 _MAX_ENCODED: Final = 100_000
-# The longest project text a denial body repeats: no valid id is longer.
-_MAX_SHOWN_PROJECT: Final = 128
+# Denials whose project a client names freely (any valid id, or any text at all): their
+# encodings are not kept, since a client's paths are unbounded. Every other denial is for
+# a project with keys, whose number is bounded.
+_UNBOUNDED_DENIALS: Final = frozenset(
+    {Reason.INVALID_PROJECT_ID, Reason.NOT_READY, Reason.INTERNAL_ERROR}
+)
 
 
 def project_of(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -100,15 +77,16 @@ def project_of(attributes: attribute_context_pb2.AttributeContext) -> str:
     project = attributes.context_extensions.get("project")
     if project:
         return project
-    path = attributes.request.http.path.partition("?")[0]
-    return path.rstrip("/").rpartition("/")[2]
+    return project_from_path(attributes.request.http.path)
 
 
 class AuthorizationService:
-    """Answers Envoy's ``Check`` calls from the current key snapshot.
+    """Answers Envoy's ``Check`` calls with the decisions of a :class:`Gate`.
 
     Responses go out pre-serialized: the few that repeat (allow for a kid, allow for a
     project without keys, a denial for a project with keys) are encoded once and reused.
+    The constructor builds a gate of its own; :meth:`for_gate` shares one with another
+    transport.
     """
 
     def __init__(
@@ -122,22 +100,30 @@ class AuthorizationService:
         failed_check_budget: float = DEFAULT_RATE,
         metrics: CheckMetrics | None = None,
     ) -> None:
-        self._snapshot = snapshot
-        self.metrics = metrics if metrics is not None else CheckMetrics()
-        self._allowed_valid = self.metrics.allowed_valid
-        self._allowed_no_jwt = self.metrics.allowed_no_jwt
-        self._denied_counters = self.metrics.denied
-        self._observe = self.metrics.duration.observe
-        self._clock = clock
-        self.verifier = CachingVerifier(
+        gate = Gate(
+            snapshot,
             policy,
-            max_entries=cache_size,
-            budget=FailedCheckBudget(rate=failed_check_budget) if failed_check_budget else None,
+            clock=clock,
+            cache_size=cache_size,
+            failed_check_budget=failed_check_budget,
+            metrics=metrics,
         )
-        # A project without keys passes untouched: its Authorization header stays, and no
-        # key signed it, so a client's x-jwt-kid goes.
-        self._remove_on_open = (JWT_KID_HEADER, *_FORGED_ALIASES)
-        self._remove_on_allow = (*_FORGED_ALIASES, *(() if forward_jwt else ("authorization",)))
+        self._serve(gate, forward_jwt)
+
+    @classmethod
+    def for_gate(cls, gate: Gate, *, forward_jwt: bool = False) -> AuthorizationService:
+        """A servicer answering with ``gate``'s decisions (shared with other transports)."""
+        service = cls.__new__(cls)
+        service._serve(gate, forward_jwt)
+        return service
+
+    def _serve(self, gate: Gate, forward_jwt: bool) -> None:
+        self.gate = gate
+        self.metrics = gate.metrics
+        self.verifier = gate.verifier
+        self._decide = gate.decide
+        self._remove_on_open = headers_to_remove(None, forward_jwt=forward_jwt)
+        self._remove_on_allow = headers_to_remove("", forward_jwt=forward_jwt)
         self._allow_bytes: dict[tuple[str, str | None], bytes] = {}
         self._deny_bytes: dict[tuple[Reason, str], bytes] = {}
 
@@ -149,65 +135,17 @@ class AuthorizationService:
         self, request: external_auth_pb2.CheckRequest, context: object = None
     ) -> bytes:
         """The gRPC handler: never raises, always answers with an encoded CheckResponse."""
-        start = perf_counter()
         project = ""
-        protected = False
         try:
             attributes = request.attributes
+            http = attributes.request.http
             project = project_of(attributes)
-            invalid = project_id_denial(project)
-            decision: Decision
-            if invalid is not None:
-                decision = Denied(invalid)
-            else:
-                token = bearer_token(attributes.request.http.headers.get("authorization"))
-                snapshot = self._snapshot()
-                keys = snapshot.keys_for(project)
-                protected = keys is not None
-                decision = (
-                    self.verifier.decide(project, token, keys, self._clock())
-                    if snapshot.complete
-                    else _NOT_READY
-                )
+            decision = self._decide(project, http.headers.get("authorization"), http.id)
             if isinstance(decision, Allowed):
-                response = self._allowed(project, decision.kid)
-                if decision.kid is None:
-                    self._allowed_no_jwt.inc()
-                else:
-                    self._allowed_valid.inc()
-                self._observe(perf_counter() - start)
-                return response
+                return self._allowed(project, decision.kid)
+            return self._denied(decision.reason, project)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
-            log.error(
-                "internal error on project %s (%s); denied\n%s",
-                printable(project),
-                type(exc).__name__,
-                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
-            )
-            decision = Denied(Reason.INTERNAL_ERROR)
-        assert isinstance(decision, Denied)
-        reason = decision.reason
-        self._denied_counters[reason].inc()
-        shown_project = printable(project)
-        kid = None if decision.kid is None else printable(decision.kid)
-        request_id = printable(request.attributes.request.http.id) or None
-        log.info(
-            "denied project=%s reason=%s kid=%s request_id=%s",
-            shown_project,
-            reason.code,
-            kid or "-",
-            request_id or "-",
-            extra={
-                "event": "denied",
-                "project": shown_project,
-                "reason": reason.code,
-                "kid": kid,
-                "request_id": request_id,
-            },
-        )
-        response = self._denied(reason, project, cacheable=protected)
-        self._observe(perf_counter() - start)
-        return response
+            return self._denied(self.gate.fail(project, exc).reason, project)
 
     def _allowed(self, project: str, kid: str | None) -> bytes:
         """The upstream learns the project the gate decided on, and the key that signed;
@@ -232,7 +170,7 @@ class AuthorizationService:
                 self._allow_bytes[(project, kid)] = encoded
         return encoded
 
-    def _denied(self, reason: Reason, project: str, *, cacheable: bool) -> bytes:
+    def _denied(self, reason: Reason, project: str) -> bytes:
         encoded = self._deny_bytes.get((reason, project))
         if encoded is None:
             encoded = external_auth_pb2.CheckResponse(
@@ -240,11 +178,10 @@ class AuthorizationService:
                 denied_response=external_auth_pb2.DeniedHttpResponse(
                     status=_FORBIDDEN,
                     headers=[_JSON_CONTENT_TYPE],
-                    body=deny_body(reason, project[:_MAX_SHOWN_PROJECT]),
+                    body=denial_body(reason, project),
                 ),
             ).SerializeToString()
-            # Only projects with keys: their number is bounded, a client's paths are not.
-            if cacheable and len(self._deny_bytes) < _MAX_ENCODED:
+            if reason not in _UNBOUNDED_DENIALS and len(self._deny_bytes) < _MAX_ENCODED:
                 self._deny_bytes[(reason, project)] = encoded
         return encoded
 

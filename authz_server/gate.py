@@ -1,0 +1,190 @@
+"""The gate's decision for one request, whatever the transport that asked.
+
+:class:`Gate` holds what every transport shares: the current key snapshot, the cache of
+verified tokens, the metrics and the denial log line. A transport finds the project, the
+``Authorization`` header and the request id in its own wire format, asks
+:meth:`Gate.decide`, and encodes the :class:`~authz_server.verifier.Decision` it gets.
+``decide`` never raises: anything unexpected becomes a denial (the gate fails closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from time import perf_counter
+from typing import Final
+
+from .budget import DEFAULT_RATE, FailedCheckBudget
+from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
+from .keystore import Snapshot
+from .logtext import printable
+from .metrics import CheckMetrics
+from .verifier import (
+    Allowed,
+    Decision,
+    Denied,
+    Policy,
+    Reason,
+    bearer_token,
+    deny_body,
+    project_id_denial,
+)
+
+__all__ = [
+    "AUTHZ_PROJECT_HEADER",
+    "FORGED_ALIASES",
+    "JWT_KID_HEADER",
+    "Gate",
+    "denial_body",
+    "headers_to_remove",
+    "project_from_path",
+]
+
+JWT_KID_HEADER: Final = "x-jwt-kid"
+AUTHZ_PROJECT_HEADER: Final = "x-authz-project"
+
+# The denial line's logger is the gRPC servicer's of old: log pipelines filter on it.
+log = logging.getLogger("authz_server.service")
+
+# Before the first complete scan of the keys directory, every request is denied.
+_NOT_READY: Final = Denied(Reason.NOT_READY)
+# The longest project text a denial body repeats: no valid id is longer.
+_MAX_SHOWN_PROJECT: Final = 128
+
+
+def _aliases(header: str) -> tuple[str, ...]:
+    """``header`` spelled with some of its '-' as '_': CGI and WSGI servers read every
+    spelling as one name (``HTTP_X_JWT_KID``), so a client copy of any is a forgery."""
+    parts = header.split("-")
+    spellings = [parts[0]]
+    for part in parts[1:]:
+        spellings = [f"{head}{sep}{part}" for head in spellings for sep in "-_"]
+    return tuple(name for name in spellings if name != header)
+
+
+# The headers the gate sets on allowed requests replace every client copy of their own name
+# (Envoy's header names are case-insensitive, so case variants too); these other spellings
+# an upstream could take for them are removed. They are only removed, never set: whether
+# Envoy applies removals before or after additions is then of no consequence.
+FORGED_ALIASES: Final = (*_aliases(JWT_KID_HEADER), *_aliases(AUTHZ_PROJECT_HEADER))
+
+
+def headers_to_remove(kid: str | None, *, forward_jwt: bool) -> tuple[str, ...]:
+    """What an allowed request loses on its way upstream. A project without keys
+    (``kid`` None) passes untouched: its Authorization header stays, and no key signed
+    it, so a client's x-jwt-kid goes."""
+    if kid is None:
+        return (JWT_KID_HEADER, *FORGED_ALIASES)
+    return (*FORGED_ALIASES, *(() if forward_jwt else ("authorization",)))
+
+
+def denial_body(reason: Reason, project: str) -> str:
+    """The JSON body of a denial, repeating at most 128 characters of the project."""
+    return deny_body(reason, project[:_MAX_SHOWN_PROJECT])
+
+
+def project_from_path(path: str) -> str:
+    """The last non-empty segment of ``path``, without its query string."""
+    return path.partition("?")[0].rstrip("/").rpartition("/")[2]
+
+
+class Gate:
+    """Decides requests from the current key snapshot; counts and logs what it decides."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        policy: Policy,
+        *,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = DEFAULT_MAX_ENTRIES,
+        failed_check_budget: float = DEFAULT_RATE,
+        metrics: CheckMetrics | None = None,
+    ) -> None:
+        self._snapshot = snapshot
+        self.metrics = metrics if metrics is not None else CheckMetrics()
+        self._allowed_valid = self.metrics.allowed_valid
+        self._allowed_no_jwt = self.metrics.allowed_no_jwt
+        self._denied_counters = self.metrics.denied
+        self._observe = self.metrics.duration.observe
+        self._clock = clock
+        self.verifier = CachingVerifier(
+            policy,
+            max_entries=cache_size,
+            budget=FailedCheckBudget(rate=failed_check_budget) if failed_check_budget else None,
+        )
+
+    def decide(self, project: str, authorization: str | None, request_id: str | None) -> Decision:
+        """The decision for a request to ``project`` with this Authorization header (None:
+        none sent). Never raises; ``request_id`` only goes into the denial's log line."""
+        start = perf_counter()
+        denied: Denied
+        try:
+            decision: Decision
+            invalid = project_id_denial(project)
+            if invalid is not None:
+                decision = Denied(invalid)
+            else:
+                token = bearer_token(authorization)
+                snapshot = self._snapshot()
+                keys = snapshot.keys_for(project)
+                decision = (
+                    self.verifier.decide(project, token, keys, self._clock())
+                    if snapshot.complete
+                    else _NOT_READY
+                )
+            if isinstance(decision, Allowed):
+                if decision.kid is None:
+                    self._allowed_no_jwt.inc()
+                else:
+                    self._allowed_valid.inc()
+                self._observe(perf_counter() - start)
+                return decision
+            denied = decision
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
+            self._log_internal_error(project, exc)
+            denied = Denied(Reason.INTERNAL_ERROR)
+        self._count_denial(denied, project, request_id)
+        self._observe(perf_counter() - start)
+        return denied
+
+    def fail(self, project: str, exc: Exception, request_id: str | None = None) -> Denied:
+        """The denial for an error a transport met around :meth:`decide` (encoding an
+        answer, say): logged and counted as the gate's own internal errors are."""
+        self._log_internal_error(project, exc)
+        denied = Denied(Reason.INTERNAL_ERROR)
+        self._count_denial(denied, project, request_id)
+        return denied
+
+    @staticmethod
+    def _log_internal_error(project: str, exc: Exception) -> None:
+        # The type and the stack, never the message: it may quote the token.
+        log.error(
+            "internal error on project %s (%s); denied\n%s",
+            printable(project),
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+        )
+
+    def _count_denial(self, decision: Denied, project: str, request_id: str | None) -> None:
+        reason = decision.reason
+        self._denied_counters[reason].inc()
+        shown_project = printable(project)
+        kid = None if decision.kid is None else printable(decision.kid)
+        shown_request_id = printable(request_id or "") or None
+        log.info(
+            "denied project=%s reason=%s kid=%s request_id=%s",
+            shown_project,
+            reason.code,
+            kid or "-",
+            shown_request_id or "-",
+            extra={
+                "event": "denied",
+                "project": shown_project,
+                "reason": reason.code,
+                "kid": kid,
+                "request_id": shown_request_id,
+            },
+        )
