@@ -63,6 +63,7 @@ class Settings:
     failed_check_budget: float = DEFAULT_RATE
     workers: int = 1
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    http_listen: str | None = None  # HOST:PORT of Envoy's HTTP ext_authz; None: gRPC only
     log_format: str = "text"
 
 

@@ -17,6 +17,7 @@ from .keystore import KeyStore
 from .logging_setup import TEXT_FORMAT
 from .metrics import CheckMetrics, MetricsServer, StateCollector
 from .transports.grpc import AuthorizationService, GateServer
+from .transports.http import HttpGateServer
 from .verifier import Policy
 
 __all__ = ["LOG_FORMAT", "ListenError", "running_gate"]
@@ -57,12 +58,23 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         server = GateServer(service, settings.listen)
     except (OSError, RuntimeError) as exc:
         raise ListenError(f"cannot listen on {settings.listen}: {exc}") from None
+    http_server = None
+    if settings.http_listen is not None:
+        try:
+            http_server = HttpGateServer(
+                gate, settings.http_listen, forward_jwt=settings.forward_jwt
+            )
+        except OSError as exc:
+            server.stop(0)
+            raise ListenError(f"cannot listen on {settings.http_listen}: {exc}") from None
     metrics_server = None
     if settings.metrics_listen is not None:
         try:
             metrics_server = MetricsServer(metrics.registry, settings.metrics_listen)
         except OSError as exc:
             server.stop(0)
+            if http_server is not None:
+                http_server.stop(0)
             raise ListenError(f"cannot listen on {settings.metrics_listen}: {exc}") from None
     stopping = threading.Event()
     watcher = threading.Thread(
@@ -81,6 +93,8 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
     )
     try:
         server.start(serving=store.loaded.is_set())
+        if http_server is not None:
+            http_server.start()
         if not store.loaded.is_set():
             log.warning(
                 "keys directory %s not loaded yet; health NOT_SERVING until it is",
@@ -89,13 +103,16 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
             )
             ready.start()
         metrics_address = None if metrics_server is None else metrics_server.address
+        http_address = None if http_server is None else http_server.address
         log.info(
-            "serving on %s: keys dir %s, %d project(s) with %d key(s), metrics %s",
+            "serving on %s: keys dir %s, %d project(s) with %d key(s), metrics %s, "
+            "HTTP ext_authz %s",
             server.address,
             settings.keys_dir,
             len(snapshot.projects),
             snapshot.key_count,
             "off" if metrics_address is None else f"on http://{metrics_address}/metrics",
+            "off" if http_address is None else f"on {http_address}",
             extra={
                 "event": "serving",
                 "listen": server.address,
@@ -103,6 +120,7 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
                 "projects": len(snapshot.projects),
                 "keys": snapshot.key_count,
                 "metrics": metrics_address,
+                "http_listen": http_address,
             },
         )
         yield server
@@ -110,6 +128,8 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         stopping.set()  # first: the readiness thread must not flip health back on
         if ready.is_alive():
             ready.join(timeout=1.0)
+        if http_server is not None:
+            http_server.stop(settings.grace)
         server.stop(settings.grace)
         answered = metrics.answered()
         log.info(

@@ -36,20 +36,21 @@ _RESTART_WINDOW_S: Final = 60.0
 
 
 def worker_settings(settings: Settings) -> list[Settings]:
-    """Each worker's settings: worker i listens on PORT+i, and serves metrics on the
-    metrics PORT+i (with port 0, each gets a port of its own)."""
+    """Each worker's settings: worker i listens on PORT+i, and serves metrics (and HTTP
+    ext_authz) on their PORT+i (with port 0, each gets a port of its own)."""
     count = settings.workers
     listens = Endpoint.parse(settings.listen).consecutive(count)
-    metrics: list[Endpoint | None] = [None] * count
-    if settings.metrics_listen is not None:
-        metrics = list(Endpoint.parse(settings.metrics_listen).consecutive(count))
+
+    def each(address: str | None) -> list[str | None]:
+        if address is None:
+            return [None] * count
+        return [str(endpoint) for endpoint in Endpoint.parse(address).consecutive(count)]
+
     return [
-        dataclasses.replace(
-            settings,
-            listen=str(listen),
-            metrics_listen=None if metric is None else str(metric),
+        dataclasses.replace(settings, listen=str(listen), metrics_listen=metric, http_listen=http)
+        for listen, metric, http in zip(
+            listens, each(settings.metrics_listen), each(settings.http_listen), strict=True
         )
-        for listen, metric in zip(listens, metrics, strict=True)
     ]
 
 

@@ -63,6 +63,7 @@ PUBLIC_NAMES = {
         "AUTHZ_PROJECT_HEADER", "JWT_KID_HEADER", "SERVICE_NAME", "AuthorizationService",
         "GateServer", "project_of",
     ],
+    "authz_server.transports.http": ["MAX_HEAD_BYTES", "HttpGateServer"],
     # The command line.
     "authz_server.cli": ["build_parser", "main"],
     "authz_server.cli.serve": ["register", "serve"],

@@ -65,6 +65,15 @@ def register(commands: Subcommands) -> None:
         ),
     )
     option("--listen", default=DEFAULT_LISTEN, type=host_port, help="gRPC HOST:PORT")
+    option(
+        "--http-listen",
+        default=None,
+        type=host_port,
+        help=(
+            "also serve Envoy's HTTP ext_authz (http_service) on HOST:PORT (default: off); "
+            "the project is the path's last segment; worker i of --workers uses PORT+i"
+        ),
+    )
     option("--audience-suffix", default="", help="when set, `aud` must end with it")
     option("--leeway", default="0", type=seconds, help="clock skew allowed on exp/nbf, seconds")
     option(
@@ -248,8 +257,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     if args.workers > 1:
         try:
             Endpoint.parse(args.listen).consecutive(args.workers)
-            if args.metrics_listen is not None:
-                Endpoint.parse(args.metrics_listen).consecutive(args.workers)
+            for extra in (args.metrics_listen, args.http_listen):
+                if extra is not None:
+                    Endpoint.parse(extra).consecutive(args.workers)
         except ValueError as exc:
             args.parser.error(str(exc))
         metrics_listen = args.metrics_listen
@@ -271,6 +281,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         failed_check_budget=args.failed_check_budget,
         workers=args.workers,
         metrics_listen=args.metrics_listen,
+        http_listen=args.http_listen,
         log_format=args.log_format,
     )
     return serve(settings)
