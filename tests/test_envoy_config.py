@@ -114,6 +114,11 @@ def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             id="project-routes",
         ),
         pytest.param(rendering(authz_timeout_s=2.5), id="long-timeout"),
+        pytest.param(rendering(transport="http"), id="http"),
+        pytest.param(
+            rendering(transport="http", authz=[Endpoint("authz", 9002), Endpoint("authz", 9003)]),
+            id="http-dns-workers",
+        ),
     ],
 )
 def test_every_rendering_is_accepted_by_envoy_validate(config: dict[str, Any]) -> None:
@@ -454,9 +459,10 @@ def test_envoys_fail_closed_body_speaks_like_a_service_not_ready_yet() -> None:
     assert UNAVAILABLE["message"] == Reason.NOT_READY.message
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 @pytest.mark.parametrize("kind", ["refusing", "silent"])
 def test_with_the_authz_service_down_envoy_fails_closed_with_403(
-    node: JsonRpcNode, kind: str
+    node: JsonRpcNode, kind: str, transport: str
 ) -> None:
     with (
         dead_authz(kind) as authz,
@@ -466,8 +472,9 @@ def test_with_the_authz_service_down_envoy_fails_closed_with_403(
                 authz=authz,
                 upstream=Endpoint("127.0.0.1", node.port),
                 admin=LOOPBACK_0,
-                project_routes=[MAINNET],
+                project_routes=[MAINNET] if transport == "grpc" else [],
                 authz_timeout_s=0.2,
+                transport=transport,
             )
         ) as envoy,
     ):
@@ -477,6 +484,48 @@ def test_with_the_authz_service_down_envoy_fails_closed_with_403(
             assert headers["content-type"] == "application/json"
             assert json.loads(body) == UNAVAILABLE
     assert node.requests == []
+
+
+def http_ext_authz(config: dict[str, Any]) -> dict[str, Any]:
+    (ext_authz, _) = connection_manager(config)["http_filters"]
+    typed: dict[str, Any] = ext_authz["typed_config"]
+    assert "grpc_service" not in typed
+    return typed
+
+
+def test_the_http_transport_passes_the_token_and_takes_back_the_kid_and_project() -> None:
+    typed = http_ext_authz(rendering(transport="http", authz_timeout_s=0.3))
+    service = typed["http_service"]
+    assert service["server_uri"] == {"uri": "http://authz", "cluster": "authz", "timeout": "0.300s"}
+    assert service.get("path_prefix", "") == ""  # the original path, as it came
+    assert {"exact": "authorization"} in typed["allowed_headers"]["patterns"]
+    response = service["authorization_response"]
+    assert response["allowed_upstream_headers"]["patterns"] == [
+        {"exact": "x-jwt-kid"},
+        {"exact": "x-authz-project"},
+    ]
+    assert response["allowed_client_headers"]["patterns"] == [{"exact": "content-type"}]
+    assert typed.get("failure_mode_allow", False) is False
+    assert typed["transport_api_version"] == "V3"
+
+
+def test_the_http_transport_speaks_http1_to_the_service_and_closes_idle_connections_first() -> None:
+    authz = clusters(rendering(transport="http"))["authz"]
+    options = authz["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    assert options["explicit_http_config"] == {"http_protocol_options": {}}
+    # Shorter than the service's own idle timeout (300 s): Envoy closes first.
+    assert options["common_http_protocol_options"]["idle_timeout"] == "60s"
+    assert "health_checks" not in authz  # grpc.health.v1 is not on the HTTP port
+    assert authz["outlier_detection"]["consecutive_5xx"] == 3
+
+
+def test_the_http_transport_refuses_per_route_projects_and_unknown_transports() -> None:
+    with pytest.raises(ValueError, match="per-route projects"):
+        rendering(transport="http", project_routes=[MAINNET])
+    with pytest.raises(ValueError, match="transport must be one of"):
+        rendering(transport="thrift")
 
 
 @pytest.fixture
@@ -602,3 +651,32 @@ def test_the_envoy_config_command_prints_a_valid_config_for_the_options_given(
     )
     assert bad.returncode == 2
     assert "PREFIX=PROJECT" in bad.stderr
+
+
+def test_the_envoy_config_command_renders_the_http_transport_on_request() -> None:
+    import subprocess
+    import sys
+
+    binary = str(Path(sys.executable).parent / "authz-server")
+    command = [binary, "envoy-config", "--authz", "127.0.0.1:9101", "--upstream", "node:8545"]
+    result = subprocess.run(
+        [*command, "--transport", "http"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout == as_yaml(
+        rendering(
+            authz=Endpoint("127.0.0.1", 9101),
+            upstream=Endpoint("node", 8545),
+            listen=Endpoint("0.0.0.0", 10000),
+            admin=Endpoint("127.0.0.1", 9901),
+            transport="http",
+        )
+    )
+    routed = subprocess.run(
+        [*command, "--transport", "http", "--route", "/v1=p"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert routed.returncode == 2
+    assert "per-route projects" in routed.stderr

@@ -76,8 +76,8 @@ PUBLIC_NAMES = {
     ],
     "authz_server.devtools.demo_upstream": ["JsonRpcNode", "main"],
     "authz_server.devtools.envoy_config": [
-        "LOCAL_CONFIG", "LOCAL_PORTS", "Endpoint", "ProjectRoute", "local_settings", "main",
-        "as_yaml", "render", "rendered_files",
+        "LOCAL_CONFIG", "LOCAL_PORTS", "TRANSPORTS", "Endpoint", "ProjectRoute",
+        "local_settings", "main", "as_yaml", "render", "rendered_files",
     ],
     "authz_server.devtools.envoy_process": [
         "EnvoyConfigError", "EnvoyProcess", "envoy_binary", "terminate", "validate",

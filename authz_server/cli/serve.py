@@ -195,6 +195,16 @@ def register(commands: Subcommands) -> None:
         help="requests under PREFIX belong to PROJECT (repeatable)",
     )
     envoy_cmd.add_argument(
+        "--transport",
+        default="grpc",
+        choices=["grpc", "http"],
+        help=(
+            "how Envoy asks: gRPC Check on the service's --listen (default), or HTTP "
+            "ext_authz on its --http-listen (then --authz names that address, and the "
+            "project is always the path's last segment)"
+        ),
+    )
+    envoy_cmd.add_argument(
         "--authz-timeout", default=0.25, type=seconds, help="ext_authz call timeout, seconds"
     )
     envoy_cmd.add_argument("--output", type=Path, help="write here instead of stdout")
@@ -302,6 +312,7 @@ def _envoy_config_command(args: argparse.Namespace) -> int:
                 admin=admin,
                 project_routes=[ProjectRoute(prefix, project) for prefix, project in args.route],
                 authz_timeout_s=args.authz_timeout,
+                transport=args.transport,
             )
         )
     except ValueError as exc:

@@ -73,6 +73,7 @@ with warnings.catch_warnings():
         Http1ProtocolOptions,
         Http2ProtocolOptions,
         HttpProtocolOptionsHeadersWithUnderscoresAction,
+        HttpUri,
         RetryPolicy,
         RetryPolicyRetryHostPredicate,
         SocketAddress,
@@ -98,9 +99,11 @@ with warnings.catch_warnings():
     )
     from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
     from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+        AuthorizationResponse,
         CheckSettings,
         ExtAuthz,
         ExtAuthzPerRoute,
+        HttpService,
     )
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -118,13 +121,18 @@ with warnings.catch_warnings():
         HttpProtocolOptions,
         HttpProtocolOptionsExplicitHttpConfig,
     )
-    from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher
+    from envoy_data_plane.envoy.type.matcher.v3 import (
+        ListStringMatcher,
+        RegexMatcher,
+        StringMatcher,
+    )
     from envoy_data_plane.envoy.type.v3 import Percent
     from envoy_data_plane.google.protobuf import Any as AnyMessage
 
 __all__ = [
     "LOCAL_CONFIG",
     "LOCAL_PORTS",
+    "TRANSPORTS",
     "Endpoint",
     "ProjectRoute",
     "as_yaml",
@@ -150,6 +158,17 @@ UPSTREAM_CLUSTER: Final = "upstream"
 EXT_AUTHZ_FILTER: Final = "envoy.filters.http.ext_authz"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 PROJECT_CONTEXT_KEY: Final = "project"
+# How Envoy asks the service: gRPC Check (the default), or HTTP ext_authz (``--http-listen``).
+TRANSPORTS: Final = ("grpc", "http")
+# HTTP ext_authz: the request headers Envoy passes to the service, and the answer's headers
+# it sets on the upstream request (replacing client copies) or on a denial's response.
+HTTP_ALLOWED_HEADERS: Final = ("authorization", "x-request-id")
+HTTP_UPSTREAM_HEADERS: Final = ("x-jwt-kid", "x-authz-project")
+HTTP_CLIENT_HEADERS: Final = ("content-type",)
+# Envoy closes its idle HTTP/1.1 connections to the service well before the service would
+# (authz_server.transports.http.IDLE_TIMEOUT_S, 300 s): no request is ever sent on a
+# connection the service is closing at that instant.
+HTTP_IDLE_TIMEOUT_S: Final = 60.0
 
 # ext_authz sends its local reply with this response code detail only when the authorization
 # service could not be asked (unreachable, timeout, gRPC error); a denial carries
@@ -195,19 +214,44 @@ def render(
     admin: Endpoint | None = None,
     project_routes: Sequence[ProjectRoute] = (),
     authz_timeout_s: float = 0.25,
+    transport: str = "grpc",
 ) -> dict[str, Any]:
     """The Envoy bootstrap config as a JSON-compatible dict.
 
     ``authz`` may list several endpoints: one per ``--workers`` process (each listens on
     its own port), so that Envoy balances calls, not just connections, over them.
+
+    ``transport="http"`` asks the service's ``--http-listen`` address over Envoy's HTTP
+    ext_authz instead of gRPC. It has no per-route ``context_extensions``: the project is
+    the path's last segment, so ``project_routes`` are refused with it. Its cluster has no
+    active health check (grpc.health.v1 is on the gRPC port); outlier detection and the
+    retries stay.
     """
     if not authz_timeout_s > 0:
         raise ValueError(f"authz_timeout_s must be positive, got {authz_timeout_s}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if transport == "http" and project_routes:
+        raise ValueError(
+            "the HTTP transport takes the project from the path: per-route projects "
+            "(context_extensions) need the gRPC transport"
+        )
+    http = transport == "http"
+    authz_cluster = _guarded(
+        _cluster(
+            AUTHZ_CLUSTER,
+            authz,
+            http2=not http,
+            connect_timeout_s=1.0,
+            idle_timeout_s=HTTP_IDLE_TIMEOUT_S if http else None,
+        ),
+        health_checks=not http,
+    )
     bootstrap = Bootstrap(
         static_resources=BootstrapStaticResources(
-            listeners=[_listener(listen, project_routes, authz_timeout_s)],
+            listeners=[_listener(listen, project_routes, authz_timeout_s, http=http)],
             clusters=[
-                _guarded(_cluster(AUTHZ_CLUSTER, authz, http2=True, connect_timeout_s=1.0)),
+                authz_cluster,
                 _cluster(UPSTREAM_CLUSTER, upstream, http2=False, connect_timeout_s=5.0),
             ],
         ),
@@ -324,14 +368,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _listener(
-    listen: Endpoint, project_routes: Sequence[ProjectRoute], authz_timeout_s: float
+    listen: Endpoint, project_routes: Sequence[ProjectRoute], authz_timeout_s: float, *, http: bool
 ) -> Listener:
     manager = HttpConnectionManager(
         stat_prefix="ingress_http",
         codec_type=HttpConnectionManagerCodecType.AUTO,
         route_config=_route_config(project_routes),
         http_filters=[
-            HttpFilter(name=EXT_AUTHZ_FILTER, typed_config=_pack(_ext_authz(authz_timeout_s))),
+            HttpFilter(
+                name=EXT_AUTHZ_FILTER,
+                typed_config=_pack(
+                    _http_ext_authz(authz_timeout_s) if http else _ext_authz(authz_timeout_s)
+                ),
+            ),
             HttpFilter(name=ROUTER_FILTER, typed_config=_pack(Router())),
         ],
         local_reply_config=_authz_unavailable_reply(),
@@ -372,26 +421,58 @@ def _listener(
     )
 
 
+def _retry_policy(retry_on: str) -> RetryPolicy:
+    """A check changes nothing, so a call that never got an answer (the endpoint refused
+    the connection, reset it, or was shutting down) is asked once more, of another
+    endpoint, within the same timeout."""
+    return RetryPolicy(
+        num_retries=1,
+        retry_on=retry_on,
+        retry_host_predicate=[
+            RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=_pack(PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+
+
 def _ext_authz(timeout_s: float) -> ExtAuthz:
     return ExtAuthz(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
             timeout=datetime.timedelta(seconds=timeout_s),
-            # A Check changes nothing, so a call that never got an answer (the endpoint
-            # refused the connection, reset it, or was shutting down) is asked once more,
-            # of another endpoint, within the same timeout.
-            retry_policy=RetryPolicy(
-                num_retries=1,
-                retry_on="connect-failure,refused-stream,reset,unavailable",
-                retry_host_predicate=[
-                    RetryPolicyRetryHostPredicate(
-                        name="envoy.retry_host_predicates.previous_hosts",
-                        typed_config=_pack(PreviousHostsPredicate()),
-                    )
-                ],
-                host_selection_retry_max_attempts=3,
-            ),
+            retry_policy=_retry_policy("connect-failure,refused-stream,reset,unavailable"),
         ),
+        transport_api_version=ApiVersion.V3,
+        # Fail closed: an unreachable authorizer denies with Envoy's default status (403).
+        failure_mode_allow=False,
+    )
+
+
+def _exactly(names: Sequence[str]) -> ListStringMatcher:
+    return ListStringMatcher(patterns=[StringMatcher(exact=name) for name in names])
+
+
+def _http_ext_authz(timeout_s: float) -> ExtAuthz:
+    """Envoy's HTTP ext_authz: the original method and path (empty prefix), the token."""
+    return ExtAuthz(
+        http_service=HttpService(
+            server_uri=HttpUri(
+                uri=f"http://{AUTHZ_CLUSTER}",
+                cluster=AUTHZ_CLUSTER,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            ),
+            path_prefix="",
+            authorization_response=AuthorizationResponse(
+                allowed_upstream_headers=_exactly(HTTP_UPSTREAM_HEADERS),
+                allowed_client_headers=_exactly(HTTP_CLIENT_HEADERS),
+            ),
+            retry_policy=_retry_policy("connect-failure,reset"),
+        ),
+        # The filter-wide list (http_service's own authorization_request one is deprecated).
+        allowed_headers=_exactly(HTTP_ALLOWED_HEADERS),
         transport_api_version=ApiVersion.V3,
         # Fail closed: an unreachable authorizer denies with Envoy's default status (403).
         failure_mode_allow=False,
@@ -475,7 +556,7 @@ def _authz_unavailable_reply() -> LocalReplyConfig:
     )
 
 
-def _guarded(cluster: Cluster) -> Cluster:
+def _guarded(cluster: Cluster, *, health_checks: bool = True) -> Cluster:
     """The authz cluster's defences, so that losing one authz endpoint costs no request.
 
     - Active health checks over grpc.health.v1: a draining server (NOT_SERVING) is left
@@ -485,16 +566,8 @@ def _guarded(cluster: Cluster) -> Cluster:
     - A retry budget for the Check retries of ``_ext_authz`` (a fifth of the calls in
       flight, at least 32 at a time), so that a failing endpoint's calls can all move.
     """
-    cluster.health_checks = [
-        HealthCheck(
-            timeout=datetime.timedelta(seconds=HEALTH_TIMEOUT_S),
-            interval=datetime.timedelta(seconds=HEALTH_INTERVAL_S),
-            no_traffic_interval=datetime.timedelta(seconds=HEALTH_NO_TRAFFIC_INTERVAL_S),
-            unhealthy_threshold=HEALTH_UNHEALTHY_THRESHOLD,
-            healthy_threshold=1,
-            grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
-        )
-    ]
+    if health_checks:
+        cluster.health_checks = [_grpc_health_check()]
     cluster.outlier_detection = OutlierDetection(
         consecutive_5xx=3,
         interval=datetime.timedelta(seconds=1),
@@ -513,12 +586,24 @@ def _guarded(cluster: Cluster) -> Cluster:
     return cluster
 
 
+def _grpc_health_check() -> HealthCheck:
+    return HealthCheck(
+        timeout=datetime.timedelta(seconds=HEALTH_TIMEOUT_S),
+        interval=datetime.timedelta(seconds=HEALTH_INTERVAL_S),
+        no_traffic_interval=datetime.timedelta(seconds=HEALTH_NO_TRAFFIC_INTERVAL_S),
+        unhealthy_threshold=HEALTH_UNHEALTHY_THRESHOLD,
+        healthy_threshold=1,
+        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
+    )
+
+
 def _cluster(
     name: str,
     endpoints: Endpoint | Sequence[Endpoint],
     *,
     http2: bool,
     connect_timeout_s: float,
+    idle_timeout_s: float | None = None,
 ) -> Cluster:
     endpoints = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
     if not endpoints:
@@ -544,7 +629,18 @@ def _cluster(
             ],
         ),
         typed_extension_protocol_options={
-            _PROTOCOL_OPTIONS: _pack(HttpProtocolOptions(explicit_http_config=explicit))
+            _PROTOCOL_OPTIONS: _pack(
+                HttpProtocolOptions(
+                    explicit_http_config=explicit,
+                    common_http_protocol_options=(
+                        None
+                        if idle_timeout_s is None
+                        else DownstreamHttpProtocolOptions(
+                            idle_timeout=datetime.timedelta(seconds=idle_timeout_s)
+                        )
+                    ),
+                )
+            )
         },
     )
     if len(endpoints) > 1:
