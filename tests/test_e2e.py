@@ -1,8 +1,11 @@
-"""End to end: HTTP client -> a real Envoy -> authz-server (a real process) -> JSON-RPC node."""
+"""End to end: HTTP client -> a real Envoy -> authz-server (a real process) -> JSON-RPC node.
+
+Every test of the stack runs twice: Envoy asking over gRPC, and over HTTP ext_authz."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -47,6 +50,20 @@ class Stack:
     node: JsonRpcNode
     authz: AuthzProcess
     envoy: EnvoyProcess
+    transport: str = "grpc"
+    authz_endpoint: Endpoint | None = None  # the address Envoy asks, for render()
+
+    def render(self, upstream_port: int, **options: Any) -> dict[str, Any]:
+        """An Envoy config asking this stack's authz-server over its transport."""
+        assert self.authz_endpoint is not None
+        return render(
+            listen=Endpoint("127.0.0.1", 0),
+            authz=self.authz_endpoint,
+            upstream=Endpoint("127.0.0.1", upstream_port),
+            admin=Endpoint("127.0.0.1", 0),
+            transport=self.transport,
+            **options,
+        )
 
     def post(self, path: str, token: str | None = None, **headers: str) -> Reply:
         sent = {"content-type": "application/json", **headers}
@@ -76,24 +93,38 @@ def _json(response: object) -> dict[str, object]:
     return data
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, ec_key: PrivateKey) -> Iterator[Stack]:
+_HTTP_LISTEN = re.compile(r"HTTP ext_authz on (\S+):(\d+)")
+
+
+def http_port(authz: AuthzProcess) -> int:
+    """The port of a server's --http-listen, from its `serving on` line."""
+    for line in authz.lines:
+        if match := _HTTP_LISTEN.search(line):
+            return int(match.group(2))
+    raise AssertionError("no HTTP listener in the log:\n" + authz.log)
+
+
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ec_key: PrivateKey
+) -> Iterator[Stack]:
+    transport: str = request.param
     keys_dir = tmp_path_factory.mktemp("keys")
     write_key(keys_dir / PROJECT, KID, ec_key)
     write_key(keys_dir / ROUTED, KID, ec_key)
     with (
         JsonRpcNode() as node,
-        AuthzProcess(keys_dir, "--audience-suffix", SUFFIX) as authz,
+        AuthzProcess(
+            keys_dir, "--audience-suffix", SUFFIX, "--http-listen", "127.0.0.1:0"
+        ) as authz,
     ):
-        config = render(
-            listen=Endpoint("127.0.0.1", 0),
-            authz=Endpoint("127.0.0.1", authz.port),
-            upstream=Endpoint("127.0.0.1", node.port),
-            admin=Endpoint("127.0.0.1", 0),
-            project_routes=[ProjectRoute("/v1/mainnet", ROUTED)],
-        )
-        with EnvoyProcess(config) as envoy:
-            yield Stack(keys_dir, node, authz, envoy)
+        port = authz.port if transport == "grpc" else http_port(authz)
+        stack = Stack(keys_dir, node, authz, None, transport, Endpoint("127.0.0.1", port))  # type: ignore[arg-type]
+        # Per-route projects are gRPC's context_extensions; over HTTP the path names it.
+        routes = [ProjectRoute("/v1/mainnet", ROUTED)] if transport == "grpc" else []
+        with EnvoyProcess(stack.render(node.port, project_routes=routes)) as envoy:
+            stack.envoy = envoy
+            yield stack
 
 
 def _denied(reply: Reply, reason: Reason, project: str = PROJECT) -> None:
@@ -109,6 +140,15 @@ def test_a_valid_token_gets_the_nodes_answer(stack: Stack, ec_key: PrivateKey) -
     assert reply.status == 200
     assert reply.body["id"] == 1
     assert str(reply.body["result"]).startswith("0x")
+
+
+def test_envoy_asks_the_service_over_the_stacks_transport(stack: Stack) -> None:
+    stack.post(f"/eth/{PROJECT}")
+    with urllib.request.urlopen(stack.envoy.admin_url + "/stats?filter=^cluster\\.authz\\.") as r:
+        stats = dict(line.split(": ", 1) for line in r.read().decode().splitlines())
+    http1 = int(stats["cluster.authz.upstream_cx_http1_total"])
+    http2 = int(stats["cluster.authz.upstream_cx_http2_total"])
+    assert (http1 > 0, http2 > 0) == ((False, True) if stack.transport == "grpc" else (True, False))
 
 
 def test_the_upstream_sees_the_kid_and_never_the_token(stack: Stack, ec_key: PrivateKey) -> None:
@@ -159,9 +199,16 @@ def test_each_row_of_the_table_reaches_the_client_as_403_json(
     assert len(stack.node.requests) == before  # nothing reached the node
 
 
-def test_a_route_context_extension_selects_the_project(stack: Stack, ec_key: PrivateKey) -> None:
-    _denied(stack.post("/v1/mainnet"), Reason.MISSING_TOKEN, project=ROUTED)
-    assert stack.post("/v1/mainnet", mint(ec_key, KID, {})).status == 200
+def test_a_route_context_extension_selects_the_project_and_over_http_the_path_does(
+    stack: Stack, ec_key: PrivateKey
+) -> None:
+    if stack.transport == "grpc":
+        _denied(stack.post("/v1/mainnet"), Reason.MISSING_TOKEN, project=ROUTED)
+        assert stack.post("/v1/mainnet", mint(ec_key, KID, {})).status == 200
+    else:
+        assert stack.post("/v1/mainnet").status == 200  # "mainnet": a project without keys
+        assert stack.node.requests[-1]["x-authz-project"] == "mainnet"
+        _denied(stack.post(f"/v1/{ROUTED}"), Reason.MISSING_TOKEN, project=ROUTED)
 
 
 def test_a_key_dropped_in_is_accepted_within_a_second_and_deleting_it_revokes(
@@ -221,7 +268,8 @@ def test_the_upstream_is_told_the_project_and_no_client_copy_of_the_gates_header
     assert not [name for name in seen if "_" in name]
 
     assert stack.post("/v1/mainnet/extra", mint(ec_key, KID, {}), **forged).status == 200
-    assert stack.node.requests[-1]["x-authz-project"] == ROUTED
+    routed = ROUTED if stack.transport == "grpc" else "extra"
+    assert stack.node.requests[-1]["x-authz-project"] == routed
 
 
 class _WsgiUpstream:
@@ -247,14 +295,8 @@ class _QuietHandler(WSGIRequestHandler):
 def wsgi_gate(stack: Stack) -> Iterator[tuple[_WsgiUpstream, EnvoyProcess]]:
     upstream = _WsgiUpstream()
     upstream.thread.start()
-    config = render(
-        listen=Endpoint("127.0.0.1", 0),
-        authz=Endpoint("127.0.0.1", stack.authz.port),
-        upstream=Endpoint("127.0.0.1", upstream.server.server_address[1]),
-        admin=Endpoint("127.0.0.1", 0),
-    )
     try:
-        with EnvoyProcess(config) as envoy:
+        with EnvoyProcess(stack.render(upstream.server.server_address[1])) as envoy:
             yield upstream, envoy
     finally:
         upstream.server.shutdown()
