@@ -5,7 +5,10 @@ b. wrk (HTTP/1.1, a fixed number of connections, closed loop) POSTs a JSON-RPC b
    native jwt_authn filter.
 c. h2load at a constant rate (``--rps``, one HTTP/2 connection, up to 64 requests in
    flight, so a slow answer does not hold back the next request): p50 and p99, and what
-   each case adds to the no-authorization latency.
+   each case adds to the no-authorization latency. ``--rps`` sends its requests in bursts
+   (10 every 10 ms at 1,000/s), so the same rate is also measured paced, one request
+   every millisecond (``tools.h2load_paced``): the latency of a call that finds the
+   server idle, against that of the tenth of a burst.
 
 Every config answers with Envoy's ``direct_response`` (see ``envoy_configs``), so the
 figures are those of the authorization step, not of an upstream; one extra row in b runs
@@ -65,6 +68,7 @@ class _Measured:
     case: _Case
     b: tools.LoadResult | None = None
     c: tools.LoadResult | None = None
+    paced: tools.LoadResult | None = None
     envoy_cores: float = float("nan")
     authz_cores: float = float("nan")
     worker_split: str = ""
@@ -155,6 +159,7 @@ class _Running:
     authz: ServerProcess | None
     b_runs: list[tuple[tools.LoadResult, float, float, list[float]]] = field(default_factory=list)
     c_runs: list[tools.LoadResult] = field(default_factory=list)
+    paced_runs: list[tools.LoadResult] = field(default_factory=list)
 
 
 def _start(
@@ -265,6 +270,20 @@ def run(ctx: Context, selected: Sequence[str] = ("b", "c")) -> list[Section]:
                             log_file=ctx.path("h2load-c.tsv"),
                         )
                     )
+                    each.paced_runs.append(
+                        tools.h2load_paced(
+                            each.url,
+                            rate=CONSTANT_RATE,
+                            duration=seconds,
+                            script=ctx.path("paced-c.txt"),
+                            data=body,
+                            headers=(
+                                "content-type: application/json",
+                                f"authorization: Bearer {token}",
+                            ),
+                            log_file=ctx.path("h2load-paced.tsv"),
+                        )
+                    )
     measured = []
     for each in running:
         result = _Measured(each.case)
@@ -277,6 +296,8 @@ def run(ctx: Context, selected: Sequence[str] = ("b", "c")) -> list[Section]:
                 result.worker_split = " / ".join(f"{c:.2f}" for c in split)
         if each.c_runs:
             result.c = _median_load(each.c_runs)
+        if each.paced_runs:
+            result.paced = _median_load(each.paced_runs)
         measured.append(result)
     sections = []
     if do_b:
@@ -408,6 +429,34 @@ def _section_c(ctx: Context, measured: list[_Measured], notes: list[str], rounds
                 Goal(f"c: added p99, {m.case.label}", added99, 2.0, "<=", unit=" ms")
             )
     section.tables.append(table)
+    paced = Table(
+        f"c (paced). The same rate one request at a time, every {1000 / CONSTANT_RATE:g} ms "
+        f"(h2load timing script), {ctx.duration / rounds:g} s per run after a pilot, in the "
+        "same rounds",
+        ["case", "req/s", "p50 ms", "p99 ms", "p50 vs --rps", "added p50 ms", "failed"],
+    )
+    paced_base = next(
+        (m.paced for m in measured if m.case.mode == "noauth" and m.paced is not None), None
+    )
+    for m in measured:
+        if m.paced is None:
+            continue
+        added = m.paced.p50_ms - paced_base.p50_ms if paced_base else float("nan")
+        paced.add(
+            m.case.label,
+            rate(m.paced.rate),
+            ms(m.paced.p50_ms),
+            ms(m.paced.p99_ms),
+            f"{ratio(m.paced.p50_ms, m.c.p50_ms):.2f}" if m.c else "",
+            "" if m.case.mode == "noauth" else ms(added),
+            m.paced.failures,
+        )
+        if m.case.mode == "ext_authz" and not m.case.trivial and m.case.workers == 1:
+            section.goals.append(
+                Goal(f"c: p50 paced, {m.case.label}", m.paced.p50_ms, 2.0, "<=", unit=" ms")
+            )
+    if paced.rows:
+        section.tables.append(paced)
     trivial_c = next((m.c for m in measured if m.case.trivial and m.c is not None), None)
     if trivial_c is not None and base is not None:
         section.notes.insert(

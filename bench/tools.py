@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-__all__ = ["LoadResult", "ensure_tools", "h2load", "wrk"]
+__all__ = ["LoadResult", "ensure_tools", "h2load", "h2load_paced", "wrk"]
 
 # Debian package of each tool (bookworm: h2load 1.52, wrk 4.1).
 PACKAGES: Final = {"h2load": "nghttp2-client", "wrk": "wrk"}
@@ -133,6 +133,59 @@ def h2load(
         for log in logs:
             log.unlink(missing_ok=True)
     return total
+
+
+# A pilot of this many requests measures how late h2load's timer fires (see h2load_paced).
+_PILOT_REQUESTS: Final = 500
+_PILOT_STEP_MS: Final = 0.6
+
+
+def h2load_paced(
+    url: str,
+    *,
+    rate: int,
+    duration: float,
+    script: Path,
+    data: Path | None = None,
+    headers: Sequence[str] = (),
+    log_file: Path,
+    expect_status: int = 200,
+) -> LoadResult:
+    """``rate`` requests/s one at a time, evenly spaced, over one HTTP/2 connection.
+
+    ``h2load --rps N`` is not a steady rate: its timer ticks about every 10 ms and starts
+    the tick's share of requests at once (bursts of 10 at 1,000/s, measured), so a server
+    that answers one call at a time makes the 10th wait for the nine before it. Here
+    h2load follows a timing script instead, one request per line. It waits each gap
+    after the previous start, and its timer fires a roughly constant time late, so a
+    pilot run (which is also the warm-up) measures that lateness and the gaps are
+    shortened by it; the achieved rate is in the result.
+    """
+
+    def run(step_ms: float, count: int) -> LoadResult:
+        script.write_text("".join(f"{i * step_ms:.3f}\t{url}\n" for i in range(count)))
+        command = ["h2load", "-t", "1", "-c", "1", "-m", "64"]
+        command += ["--timing-script-file", str(script), "--log-file", str(log_file)]
+        if data is not None:
+            command += ["-d", str(data)]
+        for header in headers:
+            command += ["-H", header]
+        seconds = count * step_ms / 1000
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=3 * seconds + 60
+        )
+        return _parse_h2load(
+            result.returncode, result.stdout, result.stderr, seconds, expect_status
+        )
+
+    pilot = run(_PILOT_STEP_MS, _PILOT_REQUESTS)
+    late_ms = max(0.0, 1000 / pilot.rate - _PILOT_STEP_MS)
+    step_ms = max(0.05, 1000 / rate - late_ms)
+    measured = run(step_ms, max(1, round(rate * duration)))
+    _percentiles_from_log(measured, [log_file], expect_status)
+    log_file.unlink(missing_ok=True)
+    script.unlink(missing_ok=True)
+    return measured
 
 
 def _parse_h2load(
