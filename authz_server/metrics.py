@@ -17,7 +17,7 @@ import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
@@ -32,8 +32,6 @@ from .config import Endpoint
 from .verifier import Reason
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from .cache import CachingVerifier
     from .keystore import KeyStore
 
@@ -211,16 +209,55 @@ class StateCollector(Collector):
 
 
 class MetricsServer:
-    """``GET /metrics`` (any path) in the Prometheus text format, on its own thread."""
+    """``GET /metrics`` (any path) in the Prometheus text format, on its own thread;
+    ``/healthz`` (the process answers) and ``/readyz`` (``ready()``: keys loaded, not
+    draining) for probes of an HTTP ext_authz deployment, on this address that no client
+    path can reach."""
 
-    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
-        from prometheus_client.exposition import start_http_server
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        listen: str,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        import socket
+        import threading
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+        from prometheus_client import make_wsgi_app
 
         endpoint = Endpoint.parse(listen)
         self.endpoint = endpoint
-        server: WSGIServer
-        server, self._thread = start_http_server(endpoint.port, endpoint.host, registry)
+        metrics_app = make_wsgi_app(registry)
+        family = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)[0][0]
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+            address_family = family
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path in ("/healthz", "/readyz"):
+                ok = path == "/healthz" or ready()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+                return [b"ok\n" if ok else b"not ready\n"]
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+
+        server: WSGIServer = make_server(
+            endpoint.host, endpoint.port, app, Server, handler_class=QuietHandler
+        )
         self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="metrics-server", daemon=True
+        )
+        self._thread.start()
 
     @property
     def port(self) -> int:

@@ -70,7 +70,11 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
     metrics_server = None
     if settings.metrics_listen is not None:
         try:
-            metrics_server = MetricsServer(metrics.registry, settings.metrics_listen)
+            metrics_server = MetricsServer(
+                metrics.registry,
+                settings.metrics_listen,
+                ready=lambda: store.loaded.is_set() and not server.draining,
+            )
         except OSError as exc:
             server.stop(0)
             if http_server is not None:

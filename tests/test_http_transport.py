@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.http import MAX_HEAD_BYTES, HttpGateServer
 from authz_server.verifier import TABLE_REASONS, Policy, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import write_key
+from tests.support import wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 KID = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
@@ -439,3 +442,31 @@ def test_serve_runs_both_listeners_from_authz_http_listen_and_stops_cleanly(
         finally:
             client.close()
     assert "drained; 2 check(s) answered in all" in authz.log
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_metrics_listener_says_live_and_ready_and_not_ready_once_draining(
+    store: KeyStore, keys_dir: Path
+) -> None:
+    args = ("--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")
+    with AuthzProcess(keys_dir, *args, "--drain-delay", "30") as authz:
+        (line,) = [line for line in authz.lines if "serving on" in line]
+        base = line.partition("metrics on ")[2].partition("/metrics")[0]
+        port = int(line.rpartition("HTTP ext_authz on ")[2].rpartition(":")[2])
+        assert (_get(base + "/healthz"), _get(base + "/readyz")) == (200, 200)
+        assert _get(base + "/metrics") == 200
+        authz.signal(signal.SIGTERM)
+        wait_for(lambda: _get(base + "/readyz") == 503, timeout=5)
+        assert _get(base + "/healthz") == 200
+        client = Client(port)
+        try:  # still answering while draining
+            assert client.ask(request("/eth/open-project")).status == 200
+        finally:
+            client.close()
