@@ -30,6 +30,7 @@ SECTIONS: Final = {
     "e": "scale",
     "f": "flood",
     "g": "server_stack",
+    "i": "grpc_floor",
 }
 # Modules whose docstrings explain each section's method in RESULTS.md.
 METHOD_DOCS: Final = {
@@ -39,6 +40,7 @@ METHOD_DOCS: Final = {
     "scale": ("scale",),
     "flood": ("flood",),
     "server_stack": ("server_stack", "sync_server", "stall"),
+    "grpc_floor": ("grpc_floor",),
 }
 BUSY_CORES: Final = 0.1
 RESULTS: Final = Path(__file__).resolve().parent / "RESULTS.md"
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs (about 2 minutes)")
     parser.add_argument(
-        "--only", default="a,b,c,d,e,f,g", help="comma-separated sections to run (default: all)"
+        "--only", default=",".join(SECTIONS), help="comma-separated sections to run (default: all)"
     )
     parser.add_argument(
         "--duration",
