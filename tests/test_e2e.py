@@ -25,7 +25,7 @@ from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, ProjectRoute, render
 from authz_server.devtools.envoy_process import EnvoyProcess
-from authz_server.tokens import PrivateKey, mint, public_pem
+from authz_server.tokens import PrivateKey, generate_private_key, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Reason
 from tests.authz_process import AuthzProcess
 from tests.support import wait_for, write_key
@@ -222,6 +222,22 @@ def test_a_key_dropped_in_is_accepted_within_a_second_and_deleting_it_revokes(
     path.unlink()
     wait_for(lambda: stack.post(f"/eth/{PROJECT}", token).status == 403, timeout=1.0)
     _denied(stack.post(f"/eth/{PROJECT}", token), Reason.UNKNOWN_KEY_ID)
+
+
+def test_a_project_keeps_its_25_oldest_keys_and_a_26th_signs_nothing(stack: Stack) -> None:
+    project = "twenty-six-keys"
+    keys = [generate_private_key("ES256") for _ in range(26)]
+    now = time.time()
+    staging = stack.keys_dir / f".{project}.tmp"  # hidden: not a project until renamed
+    for index, key in enumerate(keys):  # key 0 is the oldest, key 25 the newest
+        write_key(staging, f"key-{index:02d}", key, mtime=now - 1000 + index)
+    staging.rename(stack.keys_dir / project)
+    oldest, last_active, newest = (mint(keys[i], f"key-{i:02d}", {}) for i in (0, 24, 25))
+    # Open until its keys are loaded: then a request without a token is refused.
+    wait_for(lambda: stack.post(f"/eth/{project}").status == 403, timeout=2.0)
+    assert stack.post(f"/eth/{project}", oldest).status == 200
+    assert stack.post(f"/eth/{project}", last_active).status == 200
+    _denied(stack.post(f"/eth/{project}", newest), Reason.UNKNOWN_KEY_ID, project=project)
 
 
 # -- the project a request is for, as the gate and the upstream read it ----------------------
