@@ -250,9 +250,10 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop, else asyncio's.
 
     All the per-call work of grpc.aio (its Cython call handling and this servicer) runs on
-    this one loop thread, so its cost per turn is the server's: in bench/RESULTS.md
-    (2026-11-30, gRPC floor) uvloop served 1.08 to 1.29 times the calls of asyncio's loop
-    in every round straight to the port, at 263 against 289 µs of CPU per call.
+    this one loop thread. Measured in bench/RESULTS.md (2026-11-30, section i): straight
+    to the port, uvloop served 1.16 and 1.03 times the calls of asyncio's loop (medians of
+    two runs); through Envoy, the same within the noise. A small gain, and the loop the
+    HTTP transport runs on.
     """
     try:
         import uvloop
