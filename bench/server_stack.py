@@ -10,7 +10,7 @@ g1. h2load straight to the gRPC port (as in a1), every case on both servers, in 
     rounds, medians reported: what the asyncio server costs in throughput and CPU.
 g2. wrk through Envoy (as in b), ext_authz to one server or the other.
 g3. h2load at a constant 1,000 requests/s through Envoy (as in c): the latency at a load
-    both servers carry.
+    both servers carry, in ``--rps`` bursts and paced (``tools.h2load_paced``).
 g4. The wrk run of g2 again, in the same rounds, while ``bench.stall`` holds 256 stalled
     Check calls (8 HTTP/2 connections x 32 calls that never send their request) on the gRPC
     port. After each run, with the calls still held, one direct Check with a 1 s deadline
@@ -277,6 +277,24 @@ def run(ctx: Context, selected: Sequence[str] = ("g",)) -> list[Section]:
                             ),
                         )
                     )
+                    # The same rate paced, one request a millisecond: --rps sends bursts.
+                    pair.runs.setdefault(f"g3 paced {name}", []).append(
+                        _measured(
+                            server,
+                            lambda url=pair.urls[name]: tools.h2load_paced(
+                                url,
+                                rate=CONSTANT_RATE,
+                                duration=wrk_seconds,
+                                script=ctx.path("g-paced.txt"),
+                                data=body,
+                                headers=(
+                                    "content-type: application/json",
+                                    f"authorization: Bearer {token}",
+                                ),
+                                log_file=ctx.path("g-paced.tsv"),
+                            ),
+                        )
+                    )
     _report(ctx, section, pairs, directs, h2_seconds, wrk_rounds, wrk_seconds)
     return [section]
 
@@ -357,18 +375,30 @@ def _report(
     g3 = Table(
         f"g3. h2load --rps {CONSTANT_RATE} through Envoy over one HTTP/2 connection (up to 64 "
         f"in flight), {wrk_seconds:g} s per run after 1 s warm-up, median of {wrk_rounds} "
-        "interleaved round(s)",
-        ["case", "thread pool p50 / p99 ms", "asyncio p50 / p99 ms", "failed"],
+        "interleaved round(s); then the same rate paced, one request every millisecond "
+        "(--rps sends bursts of 10 every 10 ms; section i)",
+        [
+            "case",
+            "thread pool p50 / p99 ms",
+            "asyncio p50 / p99 ms",
+            "paced: thread pool p50 / p99 ms",
+            "paced: asyncio p50 / p99 ms",
+            "failed",
+        ],
     )
     for pair in pairs:
         if "g3 asyncio" not in pair.runs:
             continue
         old, new = _median(pair.runs["g3 thread pool"]), _median(pair.runs["g3 asyncio"])
+        paced_old = _median(pair.runs["g3 paced thread pool"])
+        paced_new = _median(pair.runs["g3 paced asyncio"])
         g3.add(
             pair.label,
             f"{ms(old.p50_ms)} / {ms(old.p99_ms)}",
             f"{ms(new.p50_ms)} / {ms(new.p99_ms)}",
-            old.failures + new.failures,
+            f"{ms(paced_old.p50_ms)} / {ms(paced_old.p99_ms)}",
+            f"{ms(paced_new.p50_ms)} / {ms(paced_new.p99_ms)}",
+            old.failures + new.failures + paced_old.failures + paced_new.failures,
         )
     g4 = Table(
         f"g4. the g2 load with the same token, {wrk_seconds:g} s per run, while "
