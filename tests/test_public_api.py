@@ -59,6 +59,7 @@ PUBLIC_NAMES = {
     ],
     "authz_server.logtext": ["printable"],
     "authz_server._signals": ["StopSignals"],
+    "authz_server.transports": ["new_loop"],
     "authz_server.transports.grpc": [
         "AUTHZ_PROJECT_HEADER", "JWT_KID_HEADER", "SERVICE_NAME", "AuthorizationService",
         "GateServer", "project_of",
@@ -91,7 +92,6 @@ NOT_PUBLIC = {
     "authz_server.cli._common",
     "authz_server.cli._format",
     "authz_server.devtools",
-    "authz_server.transports",
 }
 
 

@@ -37,6 +37,7 @@ from ..gate import (
 from ..keystore import Snapshot
 from ..metrics import CheckMetrics
 from ..verifier import Allowed, Policy, Reason
+from . import new_loop
 
 __all__ = [
     "AUTHZ_PROJECT_HEADER",
@@ -246,22 +247,6 @@ def _check_handler(
     return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Check": method})
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop, else asyncio's.
-
-    All the per-call work of grpc.aio (its Cython call handling and this servicer) runs on
-    this one loop thread. Measured in bench/RESULTS.md (2026-11-30, section i): straight
-    to the port, uvloop served 1.16 and 1.03 times the calls of asyncio's loop (medians of
-    two runs); through Envoy, the same within the noise. A small gain, and the loop the
-    HTTP transport runs on.
-    """
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop comes with the HTTP transport's deps
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 class GateServer:
     """The Check, health and reflection services on one address, behind a blocking API.
 
@@ -287,7 +272,7 @@ class GateServer:
         self._draining = False
         self._stopped = False
         self._terminated = threading.Event()
-        self._loop = _new_loop()
+        self._loop = new_loop()
         self._loop_thread = threading.Thread(
             target=self._loop.run_forever, name="grpc-server", daemon=True
         )

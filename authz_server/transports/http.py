@@ -35,6 +35,7 @@ from ..gate import (
     project_from_path,
 )
 from ..verifier import Allowed, Reason
+from . import new_loop
 
 __all__ = ["MAX_HEAD_BYTES", "HttpGateServer"]
 
@@ -315,14 +316,6 @@ class _Listener:
         self.stopping = False
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio's loop works too
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 class HttpGateServer:
     """Envoy's HTTP ext_authz on one address, on an event loop in a thread of its own,
     behind the same blocking API as :class:`~authz_server.transports.grpc.GateServer`."""
@@ -338,7 +331,7 @@ class HttpGateServer:
     ) -> None:
         self.listen = listen
         endpoint = Endpoint.parse(listen)
-        self._loop = _new_loop()
+        self._loop = new_loop()
         self._shared = _Listener(
             self._loop, _Encoder(gate, forward_jwt=forward_jwt), request_timeout, idle_timeout
         )
