@@ -71,7 +71,9 @@ def _jwt_per_route() -> dict[str, Any]:
     }
 
 
-def _render(authz: Sequence[Endpoint], upstream: Endpoint | None) -> dict[str, Any]:
+def _render(
+    authz: Sequence[Endpoint], upstream: Endpoint | None, transport: str = "grpc"
+) -> dict[str, Any]:
     """The gate's own rendering, with one authz endpoint per worker port.
 
     ``render`` takes several endpoints since ``--workers`` gave each worker a port; with
@@ -82,6 +84,8 @@ def _render(authz: Sequence[Endpoint], upstream: Endpoint | None) -> dict[str, A
         "upstream": upstream or _UNUSED,
         "admin": Endpoint("127.0.0.1", 0),
     }
+    if transport != "grpc":  # ``transport="http"``: the service's --http-listen ports
+        return copy.deepcopy(render(authz=tuple(authz), transport=transport, **common))
     if len(authz) > 1:
         try:
             return copy.deepcopy(render(authz=tuple(authz), **common))
@@ -109,15 +113,17 @@ def gate_config(
     authz: Sequence[Endpoint] = (),
     upstream: Endpoint | None = None,
     jwks: str = "",
+    transport: str = "grpc",
 ) -> dict[str, Any]:
-    """An Envoy bootstrap for ``mode`` on 127.0.0.1 port 0, with an admin on port 0."""
+    """An Envoy bootstrap for ``mode`` on 127.0.0.1 port 0, with an admin on port 0;
+    ``transport`` of ext_authz: ``grpc`` or ``http`` (the service's --http-listen)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
     if mode == "ext_authz" and not authz:
         raise ValueError("ext_authz needs the authz endpoint(s)")
     if mode == "jwt_authn" and not jwks:
         raise ValueError("jwt_authn needs a JWKS")
-    config = _render(authz, upstream)
+    config = _render(authz, upstream, transport)
     resources = config["static_resources"]
     manager = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     filters: list[dict[str, Any]] = manager["http_filters"]

@@ -29,6 +29,7 @@ class LoadResult:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     mean_ms: float = float("nan")
+    p999_ms: float = float("nan")  # from h2load's log only
     failures: int = 0  # transport errors, timeouts, or non-2xx statuses
     notes: list[str] = field(default_factory=list)
 
@@ -238,6 +239,7 @@ def _percentiles_from_log(run: LoadResult, logs: Sequence[Path], expect_status: 
         rows.sort()
         run.p50_ms = rows[len(rows) // 2]
         run.p99_ms = rows[min(len(rows) - 1, int(len(rows) * 0.99))]
+        run.p999_ms = rows[min(len(rows) - 1, int(len(rows) * 0.999))]
         run.mean_ms = statistics.fmean(rows)
 
 
