@@ -31,6 +31,7 @@ SECTIONS: Final = {
     "f": "flood",
     "g": "server_stack",
     "i": "grpc_floor",
+    "h": "http_transport",
 }
 # Modules whose docstrings explain each section's method in RESULTS.md.
 METHOD_DOCS: Final = {
@@ -41,6 +42,7 @@ METHOD_DOCS: Final = {
     "flood": ("flood",),
     "server_stack": ("server_stack", "sync_server", "stall"),
     "grpc_floor": ("grpc_floor",),
+    "http_transport": ("http_transport",),
 }
 BUSY_CORES: Final = 0.1
 RESULTS: Final = Path(__file__).resolve().parent / "RESULTS.md"

@@ -1,0 +1,310 @@
+"""Section h: the HTTP ext_authz transport against native jwt_authn and the gRPC transport.
+
+Every case is its own Envoy (the configs of sections b and c: ``direct_response`` after a
+buffer filter, Envoy --concurrency 2) and its own authz-server, all started side by side
+and loaded in interleaved rounds, medians reported:
+
+h1. wrk (HTTP/1.1, 64 connections, closed loop) POSTs the same RS256 token: requests/s
+    and the ratio to jwt_authn, for the HTTP transport (``serve --http-listen``, Envoy's
+    ``http_service``) and the gRPC one, with the token cached and with ``--cache-size 0``
+    (the signature verified on every request; the stand-in for distinct tokens that
+    section a uses too).
+h2. the paced h2load of section c (one request a millisecond, 1,000 req/s, one HTTP/2
+    connection): p50, p99 and p999 of HTTP, jwt_authn and gRPC.
+h3. CPU per request: the authz-server process tree's CPU seconds (supervisor and
+    workers, from /proc) during the h1 runs, over the requests answered; 1 process and
+    ``--workers 2`` (each worker serves HTTP on a port of its own; Envoy lists them all).
+h4. the stalled-client guarantee of the HTTP listener: 256 connections opened to the
+    HTTP port that send half a request and then nothing, held while h2's paced load
+    runs through Envoy, against the same load without them.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import socket
+import statistics
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Final
+
+from authz_server.devtools.envoy_config import Endpoint
+from authz_server.devtools.envoy_process import EnvoyProcess, validate
+
+from . import tools
+from .checks import RPC_BODY, jwks_of
+from .context import Context
+from .envoy_configs import gate_config
+from .report import Goal, Section, Table, ms, rate, ratio
+from .servers import ServerProcess, serve_options
+from .through_envoy import ENVOY_CONCURRENCY, WRK_CONNECTIONS, WRK_THREADS, _cpu_during, _post
+
+__all__ = ["run"]
+
+PACED_RATE: Final = 1000
+STALLED: Final = 256
+_HTTP_SERVING: Final = re.compile(r"HTTP ext_authz on (\S+):(\d+)")
+
+
+@dataclass
+class _Case:
+    label: str
+    mode: str  # jwt_authn or ext_authz
+    transport: str = "grpc"
+    workers: int = 1
+    cache_size: int | None = None
+    paced: bool = False  # also in h2
+
+
+@dataclass
+class _Running:
+    case: _Case
+    url: str
+    envoy_pid: int
+    authz: ServerProcess | None
+    wrk: list[tuple[tools.LoadResult, float, float]] = field(default_factory=list)
+    paced: list[tools.LoadResult] = field(default_factory=list)
+    stalled: list[tools.LoadResult] = field(default_factory=list)
+    held_to_the_end: list[int] = field(default_factory=list)
+
+
+def _cases(ctx: Context) -> list[_Case]:
+    cases = [_Case("Envoy jwt_authn (native)", "jwt_authn", workers=0, paced=True)]
+    for transport in ("http", "grpc"):
+        cases.append(_Case(f"{transport}, 1 process", "ext_authz", transport, paced=True))
+        if ctx.has_cache:
+            cases.append(
+                _Case(f"{transport}, 1 process, --cache-size 0", "ext_authz", transport, 1, 0)
+            )
+        for workers in ctx.worker_counts[1:]:
+            cases.append(
+                _Case(f"{transport}, --workers {workers}", "ext_authz", transport, workers)
+            )
+    return cases
+
+
+def _start_server(ctx: Context, case: _Case) -> ServerProcess:
+    command = [sys.executable, "-m", "authz_server.cli", "serve"]
+    command += ["--keys-dir", str(ctx.customer.keys_dir), "--listen", "127.0.0.1:0"]
+    ready = None
+    if case.transport == "http":
+        command += ["--http-listen", "127.0.0.1:0"]
+        ready = _HTTP_SERVING
+    if case.workers > 1:
+        command += ["--workers", str(case.workers)]
+    if case.cache_size is not None:
+        command += ["--cache-size", str(case.cache_size)]
+    if "--drain-delay" in serve_options():
+        command += ["--drain-delay", "0"]
+    server = ServerProcess(f"authz-server ({case.label})", command, processes=case.workers)
+    if ready is not None:
+        server.ready = ready
+    return server.start()
+
+
+def _start(stack: ExitStack, ctx: Context, case: _Case, jwks: str, token: str) -> _Running:
+    authz = None
+    endpoints: list[Endpoint] = []
+    if case.mode == "ext_authz":
+        authz = stack.enter_context(_start_server(ctx, case))
+        endpoints = [Endpoint("127.0.0.1", int(a.rpartition(":")[2])) for a in authz.addresses]
+    config = gate_config(case.mode, authz=endpoints, jwks=jwks, transport=case.transport)
+    validate(config)
+    envoy = stack.enter_context(EnvoyProcess(config, concurrency=ENVOY_CONCURRENCY))
+    assert envoy.process is not None
+    url = envoy.url + ctx.customer.path
+    status, body = _post(url, token)
+    if status != 200 or '"result"' not in body:
+        raise RuntimeError(f"{case.label}: a valid token got {status} {body[:200]}")
+    status, body = _post(url, None)
+    if status not in (401, 403):
+        raise RuntimeError(f"{case.label}: no token got {status}, expected a denial")
+    return _Running(case, url, envoy.process.pid, authz)
+
+
+class _Stalled:
+    """``count`` connections to the HTTP port, each with half a request's headers sent."""
+
+    def __init__(self, address: str, count: int) -> None:
+        host, _, port = address.rpartition(":")
+        self.sockets: list[socket.socket] = []
+        for _ in range(count):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(b"POST /x HTTP/1.1\r\nHost: authz\r\nContent-Le")
+            self.sockets.append(sock)
+
+    def still_open(self) -> int:
+        """How many the server has not closed (its request timeout is 10 s)."""
+        count = 0
+        for sock in self.sockets:
+            sock.setblocking(False)
+            try:
+                count += sock.recv(1, socket.MSG_PEEK) != b""
+            except BlockingIOError:
+                count += 1
+            except OSError:
+                pass
+        return count
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def _median(runs: Sequence[tools.LoadResult]) -> tools.LoadResult:
+    return tools.LoadResult(
+        tool=runs[0].tool,
+        requests=sum(r.requests for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        rate=statistics.median(r.rate for r in runs),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        p999_ms=statistics.median(r.p999_ms for r in runs),
+        failures=sum(r.failures for r in runs),
+    )
+
+
+def run(ctx: Context, selected: Sequence[str] = ("h",)) -> list[Section]:
+    del selected
+    token = ctx.customer.token("RS256")
+    customer = ctx.customer
+    jwks = jwks_of([(customer.rsa, customer.rsa_kid), (customer.ec, customer.ec_kid)])
+    script = tools.wrk_post_script(ctx.path("post-h.lua"), body=RPC_BODY, token=token)
+    body = ctx.path("rpc-h.json")
+    body.write_text(RPC_BODY)
+    headers = ("content-type: application/json", f"authorization: Bearer {token}")
+    rounds = 1 if ctx.quick else 2
+    seconds = ctx.duration / rounds
+    paced = functools.partial(
+        tools.h2load_paced,
+        rate=PACED_RATE,
+        duration=seconds,
+        script=ctx.path("paced-h.txt"),
+        data=body,
+        headers=headers,
+        log_file=ctx.path("paced-h.tsv"),
+    )
+    with ExitStack() as stack:
+        running = [_start(stack, ctx, case, jwks, token) for case in _cases(ctx)]
+        for each in running:
+            tools.wrk(each.url, script, duration=1, connections=WRK_CONNECTIONS)
+        for _round in range(rounds):
+            for each in running:
+                result, _envoy, authz, _split = _cpu_during(
+                    functools.partial(
+                        tools.wrk,
+                        each.url,
+                        script,
+                        duration=seconds,
+                        connections=WRK_CONNECTIONS,
+                        threads=WRK_THREADS,
+                    ),
+                    each.envoy_pid,
+                    each.authz,
+                )
+                each.wrk.append((result, authz, result.rate))
+            for each in running:
+                if each.case.paced:
+                    each.paced.append(paced(each.url))
+            http = next(r for r in running if r.case.transport == "http" and r.case.paced)
+            assert http.authz is not None
+            stalled = _Stalled(http.authz.address, STALLED)
+            try:
+                http.stalled.append(paced(http.url))
+                http.held_to_the_end.append(stalled.still_open())
+            finally:
+                stalled.close()
+    return [_section(ctx, running, rounds, seconds)]
+
+
+def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float) -> Section:
+    section = Section("h", "The HTTP ext_authz transport through Envoy, against jwt_authn and gRPC")
+    wrk_table = Table(
+        f"h1/h3. wrk -t {WRK_THREADS} -c {WRK_CONNECTIONS}, {seconds:g} s per run, median of "
+        f"{rounds} interleaved round(s) after a 1 s warm-up; POST, same RS256 token; Envoy "
+        f"--concurrency {ENVOY_CONCURRENCY}, direct_response",
+        ["case", "req/s", "vs jwt_authn", "p99 ms", "authz cores", "authz CPU µs/req", "failed"],
+    )
+    medians = {id(r): _median([w[0] for w in r.wrk]) for r in running}
+    native = next(medians[id(r)].rate for r in running if r.case.mode == "jwt_authn")
+    by_label: dict[str, float] = {}
+    for each in running:
+        m = medians[id(each)]
+        cores = statistics.median(w[1] for w in each.wrk) if each.authz else float("nan")
+        per_request = statistics.median(w[1] / w[2] * 1e6 for w in each.wrk if w[2] > 0)
+        by_label[each.case.label] = m.rate
+        wrk_table.add(
+            each.case.label,
+            rate(m.rate),
+            f"{ratio(m.rate, native):.2f}",
+            ms(m.p99_ms),
+            "" if each.authz is None else f"{cores:.2f}",
+            "" if each.authz is None else f"{per_request:.0f}",
+            m.failures,
+        )
+    section.tables.append(wrk_table)
+    http_cached = by_label.get("http, 1 process", float("nan"))
+    http_verified = by_label.get("http, 1 process, --cache-size 0", float("nan"))
+    section.goals.append(
+        Goal("h1: HTTP, cached token, vs jwt_authn", ratio(http_cached, native), 0.7, ">=")
+    )
+    if ctx.has_cache:
+        section.goals.append(
+            Goal(
+                "h1: HTTP, verified per request (--cache-size 0), vs jwt_authn",
+                ratio(http_verified, native),
+                0.5,
+                ">=",
+            )
+        )
+    section.notes.append(
+        f"h1: HTTP against gRPC, 1 process, cached token: "
+        f"{ratio(http_cached, by_label.get('grpc, 1 process', float('nan'))):.2f}x the req/s"
+    )
+    paced_table = Table(
+        f"h2. paced h2load, {PACED_RATE:,} req/s one request at a time, one HTTP/2 connection, "
+        f"{seconds:g} s per run, median of {rounds} round(s); h4: the same with {STALLED} "
+        "half-open connections held on the HTTP port",
+        ["case", "achieved req/s", "p50 ms", "p99 ms", "p999 ms", "failed"],
+    )
+    jwt_p99 = float("nan")
+    http_p99 = float("nan")
+    for each in running:
+        for label, runs in (
+            (each.case.label, each.paced),
+            (f"{each.case.label}, {STALLED} stalled HTTP clients held", each.stalled),
+        ):
+            if not runs:
+                continue
+            m = _median(runs)
+            paced_table.add(
+                label, rate(m.rate), ms(m.p50_ms), ms(m.p99_ms), ms(m.p999_ms), m.failures
+            )
+            if runs is each.paced and each.case.mode == "jwt_authn":
+                jwt_p99 = m.p99_ms
+            elif runs is each.paced and each.case.transport == "http":
+                http_p99 = m.p99_ms
+    section.tables.append(paced_table)
+    for each in running:
+        if each.held_to_the_end:
+            section.notes.append(
+                f"h4: of the {STALLED} half-open connections, "
+                f"{' / '.join(str(n) for n in each.held_to_the_end)} (per round) were still "
+                "open when the load ended (the HTTP listener closes a request not complete "
+                "within 10 s)"
+            )
+    section.goals.append(
+        Goal("h2: HTTP p99 minus jwt_authn p99 at 1,000 req/s", http_p99 - jwt_p99, 1.5, "<=", "ms")
+    )
+    section.notes.append(
+        f"h2/h4 runs of {PACED_RATE:,} req/s start one request every millisecond; "
+        "h4's stalled connections go straight to the authz-server's HTTP port, not through Envoy",
+    )
+    section.notes.append(
+        "h3: authz CPU µs/req is the authz-server tree's CPU (supervisor and workers) over "
+        "the requests wrk completed in the same run; Envoy's own CPU is not in it"
+    )
+    return section
