@@ -119,6 +119,14 @@ def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             rendering(transport="http", authz=[Endpoint("authz", 9002), Endpoint("authz", 9003)]),
             id="http-dns-workers",
         ),
+        pytest.param(
+            rendering(
+                transport="http",
+                authz=[Endpoint("authz", 9002), Endpoint("authz", 9003)],
+                health_ports=[9090, 9091],
+            ),
+            id="http-readyz-checks",
+        ),
     ],
 )
 def test_every_rendering_is_accepted_by_envoy_validate(config: dict[str, Any]) -> None:
@@ -519,6 +527,70 @@ def test_the_http_transport_speaks_http1_to_the_service_and_closes_idle_connecti
     assert options["common_http_protocol_options"]["idle_timeout"] == "60s"
     assert "health_checks" not in authz  # grpc.health.v1 is not on the HTTP port
     assert authz["outlier_detection"]["consecutive_5xx"] == 3
+
+
+def test_the_http_transport_health_checks_readyz_on_each_endpoints_own_port() -> None:
+    """/readyz lives on the metrics listener: Envoy's checks go to the port given for each
+    endpoint, while its calls keep going to the --http-listen port."""
+    authz = clusters(
+        rendering(
+            transport="http",
+            authz=[Endpoint("127.0.0.1", 9002), Endpoint("127.0.0.1", 9003)],
+            health_ports=[9090, 9091],
+        )
+    )["authz"]
+    (check,) = authz["health_checks"]
+    assert check["http_health_check"] == {"path": "/readyz"}
+    assert (check["interval"], check["timeout"], check["unhealthy_threshold"]) == ("1s", "1s", 2)
+    (locality,) = authz["load_assignment"]["endpoints"]
+    assert [
+        (
+            e["endpoint"]["address"]["socket_address"]["port_value"],
+            e["endpoint"]["health_check_config"],
+        )
+        for e in locality["lb_endpoints"]
+    ] == [(9002, {"port_value": 9090}), (9003, {"port_value": 9091})]
+
+
+def test_health_ports_must_match_the_endpoints_and_belong_to_the_http_transport() -> None:
+    with pytest.raises(ValueError, match="1 health port"):
+        rendering(
+            transport="http",
+            authz=[Endpoint("127.0.0.1", 9002), Endpoint("127.0.0.1", 9003)],
+            health_ports=[9090],
+        )
+    with pytest.raises(ValueError, match="HTTP transport"):
+        rendering(health_ports=[9090])
+
+
+def test_envoy_config_health_port_gives_each_worker_its_own() -> None:
+    import subprocess
+    import sys
+
+    binary = str(Path(sys.executable).parent / "authz-server")
+    result = subprocess.run(
+        [
+            binary,
+            "envoy-config",
+            "--transport",
+            "http",
+            "--authz",
+            "127.0.0.1:9002",
+            "--workers",
+            "2",
+            "--health-port",
+            "9090",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (locality,) = clusters(yaml.safe_load(result.stdout))["authz"]["load_assignment"]["endpoints"]
+    assert [e["endpoint"]["health_check_config"] for e in locality["lb_endpoints"]] == [
+        {"port_value": 9090},
+        {"port_value": 9091},
+    ]
 
 
 def test_the_http_transport_refuses_per_route_projects_and_unknown_transports() -> None:

@@ -33,6 +33,7 @@ from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import SERVICE_NAME
 from tests.authz_process import AuthzProcess
 from tests.support import wait_for, write_key
+from tests.test_e2e import http_port
 from tests.test_metrics import KID, PROJECT
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -275,46 +276,70 @@ def authz_host_health(envoy: EnvoyProcess) -> dict[int, str]:
     return flags
 
 
+_METRICS_LISTEN = re.compile(r"metrics on http://\S+:(\d+)/metrics")
+
+
+def metrics_port(authz: AuthzProcess) -> int:
+    """The port of a server's --metrics-listen (its /readyz), from its `serving on` line."""
+    for line in authz.lines:
+        if match := _METRICS_LISTEN.search(line):
+            return int(match.group(1))
+    raise AssertionError("no metrics listener in the log:\n" + authz.log)
+
+
 @contextmanager
 def two_replicas_behind_envoy(
-    keys_dir: Path, *first_args: str
-) -> Iterator[tuple[AuthzProcess, AuthzProcess, EnvoyProcess]]:
+    keys_dir: Path, *first_args: str, transport: str = "grpc"
+) -> Iterator[tuple[AuthzProcess, int, EnvoyProcess]]:
     """Two authz-server processes (the first with ``first_args``) as the endpoints of the
-    gate's own rendered Envoy config, a demo node upstream; yields once Envoy's health
-    checks have found both endpoints healthy."""
+    gate's own rendered Envoy config over ``transport``, a demo node upstream; yields the
+    first, its port in Envoy's authz cluster and Envoy, once Envoy's health checks have
+    found both endpoints healthy. Over HTTP, Envoy checks each one's /readyz."""
+    http = transport == "http"
+    extra = ("--http-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0") if http else ()
     with (
         JsonRpcNode() as node,
-        AuthzProcess(keys_dir, *first_args) as first,
-        AuthzProcess(keys_dir) as second,
-        EnvoyProcess(
+        AuthzProcess(keys_dir, *extra, *first_args) as first,
+        AuthzProcess(keys_dir, *extra) as second,
+    ):
+        replicas = (first, second)
+        ports = [http_port(r) if http else r.port for r in replicas]
+        with EnvoyProcess(
             render(
                 listen=Endpoint("127.0.0.1", 0),
-                authz=[Endpoint("127.0.0.1", first.port), Endpoint("127.0.0.1", second.port)],
+                authz=[Endpoint("127.0.0.1", port) for port in ports],
                 upstream=Endpoint("127.0.0.1", node.port),
                 admin=Endpoint("127.0.0.1", 0),
+                transport=transport,
+                health_ports=[metrics_port(r) for r in replicas] if http else (),
             )
-        ) as envoy,
-    ):
-        both = {first.port: "healthy", second.port: "healthy"}
-        wait_for(lambda: authz_host_health(envoy) == both, timeout=15, interval=0.05)
-        yield first, second, envoy
+        ) as envoy:
+            both = dict.fromkeys(ports, "healthy")
+            wait_for(lambda: authz_host_health(envoy) == both, timeout=15, interval=0.05)
+            yield first, ports[0], envoy
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_stopping_one_of_two_replicas_under_load_through_envoy_fails_no_request(
-    one_key_dir: Path, ec_key: PrivateKey
+    one_key_dir: Path, ec_key: PrivateKey, transport: str
 ) -> None:
     """The rolling restart operators do: two replicas behind Envoy's health-checked authz
-    cluster, one gets SIGTERM under load. Envoy's health checks see it NOT_SERVING and
-    move every call to the other before it stops: every request gets its 200."""
+    cluster, one gets SIGTERM under load. Envoy's health checks see it NOT_SERVING (over
+    HTTP: /readyz 503) and move every call to the other before it stops: every request
+    gets its 200."""
     token = mint(ec_key, KID, {"exp": time.time() + 600})
     with (
-        two_replicas_behind_envoy(one_key_dir, "--drain-delay", "5") as (leaving, _, envoy),
+        two_replicas_behind_envoy(one_key_dir, "--drain-delay", "5", transport=transport) as (
+            leaving,
+            leaving_port,
+            envoy,
+        ),
         GateLoad(envoy.port, f"/eth/{PROJECT}", token) as load,
     ):
         wait_for(lambda: load.ok_since(0) >= 200, timeout=30)
         leaving.signal(signal.SIGTERM)
         wait_for(
-            lambda: authz_host_health(envoy)[leaving.port] != "healthy",
+            lambda: authz_host_health(envoy)[leaving_port] != "healthy",
             timeout=5,
             interval=0.05,
         )

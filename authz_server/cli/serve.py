@@ -205,6 +205,15 @@ def register(commands: Subcommands) -> None:
         ),
     )
     envoy_cmd.add_argument(
+        "--health-port",
+        type=positive_int,
+        metavar="PORT",
+        help=(
+            "with --transport http: the service's --metrics-listen port, where Envoy "
+            "health-checks /readyz (worker i of --workers: PORT+i); default: no active check"
+        ),
+    )
+    envoy_cmd.add_argument(
         "--authz-timeout", default=0.25, type=seconds, help="ext_authz call timeout, seconds"
     )
     envoy_cmd.add_argument("--output", type=Path, help="write here instead of stdout")
@@ -313,6 +322,11 @@ def _envoy_config_command(args: argparse.Namespace) -> int:
                 project_routes=[ProjectRoute(prefix, project) for prefix, project in args.route],
                 authz_timeout_s=args.authz_timeout,
                 transport=args.transport,
+                health_ports=(
+                    []
+                    if args.health_port is None
+                    else [args.health_port + i for i in range(args.workers)]
+                ),
             )
         )
     except ValueError as exc:

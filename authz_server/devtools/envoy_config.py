@@ -70,6 +70,7 @@ with warnings.catch_warnings():
         HeaderValueOptionHeaderAppendAction,
         HealthCheck,
         HealthCheckGrpcHealthCheck,
+        HealthCheckHttpHealthCheck,
         Http1ProtocolOptions,
         Http2ProtocolOptions,
         HttpProtocolOptionsHeadersWithUnderscoresAction,
@@ -84,6 +85,7 @@ with warnings.catch_warnings():
     )
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
+        EndpointHealthCheckConfig,
         LbEndpoint,
         LocalityLbEndpoints,
     )
@@ -152,6 +154,10 @@ AUTHZ_HEALTH_SERVICE: Final = "envoy.service.auth.v3.Authorization"
 HEALTH_INTERVAL_S: Final = 1.0
 HEALTH_TIMEOUT_S: Final = 1.0
 HEALTH_UNHEALTHY_THRESHOLD: Final = 2
+# The HTTP transport's readiness: on the metrics listener (--metrics-listen), never on the
+# --http-listen port. Envoy's http_service sends the client's own path, so a /readyz answered
+# there would be a path any client could ask for, and its 200 would read as "allowed".
+HTTP_READY_PATH: Final = "/readyz"
 # Before the cluster has seen any call (a fresh start, no traffic yet).
 HEALTH_NO_TRAFFIC_INTERVAL_S: Final = 5.0
 UPSTREAM_CLUSTER: Final = "upstream"
@@ -215,6 +221,7 @@ def render(
     project_routes: Sequence[ProjectRoute] = (),
     authz_timeout_s: float = 0.25,
     transport: str = "grpc",
+    health_ports: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The Envoy bootstrap config as a JSON-compatible dict.
 
@@ -223,9 +230,10 @@ def render(
 
     ``transport="http"`` asks the service's ``--http-listen`` address over Envoy's HTTP
     ext_authz instead of gRPC. It has no per-route ``context_extensions``: the project is
-    the path's last segment, so ``project_routes`` are refused with it. Its cluster has no
-    active health check (grpc.health.v1 is on the gRPC port); outlier detection and the
-    retries stay.
+    the path's last segment, so ``project_routes`` are refused with it. ``health_ports``
+    are then each ``authz`` endpoint's ``--metrics-listen`` port, in the same order: Envoy
+    health-checks ``/readyz`` there (the same host, a port of its own per endpoint). Without
+    them the HTTP cluster has no active health check, only outlier detection and retries.
     """
     if not authz_timeout_s > 0:
         raise ValueError(f"authz_timeout_s must be positive, got {authz_timeout_s}")
@@ -237,6 +245,8 @@ def render(
             "(context_extensions) need the gRPC transport"
         )
     http = transport == "http"
+    if health_ports and not http:
+        raise ValueError("health_ports are for the HTTP transport (gRPC checks its own port)")
     authz_cluster = _guarded(
         _cluster(
             AUTHZ_CLUSTER,
@@ -244,8 +254,11 @@ def render(
             http2=not http,
             connect_timeout_s=1.0,
             idle_timeout_s=HTTP_IDLE_TIMEOUT_S if http else None,
+            health_ports=health_ports,
         ),
-        health_checks=not http,
+        health_check=(
+            _grpc_health_check() if not http else _http_health_check() if health_ports else None
+        ),
     )
     bootstrap = Bootstrap(
         static_resources=BootstrapStaticResources(
@@ -556,18 +569,18 @@ def _authz_unavailable_reply() -> LocalReplyConfig:
     )
 
 
-def _guarded(cluster: Cluster, *, health_checks: bool = True) -> Cluster:
+def _guarded(cluster: Cluster, *, health_check: HealthCheck | None) -> Cluster:
     """The authz cluster's defences, so that losing one authz endpoint costs no request.
 
-    - Active health checks over grpc.health.v1: a draining server (NOT_SERVING) is left
-      within about 2 s, while it still answers.
+    - Active health checks over grpc.health.v1, or ``/readyz`` for the HTTP transport: a
+      draining server (NOT_SERVING, 503) is left within about 2 s, while it still answers.
     - Outlier detection: an endpoint whose calls fail 3 times in a row (refused, reset:
       a crashed process) is ejected at once, without waiting for the health checks.
     - A retry budget for the Check retries of ``_ext_authz`` (a fifth of the calls in
       flight, at least 32 at a time), so that a failing endpoint's calls can all move.
     """
-    if health_checks:
-        cluster.health_checks = [_grpc_health_check()]
+    if health_check is not None:
+        cluster.health_checks = [health_check]
     cluster.outlier_detection = OutlierDetection(
         consecutive_5xx=3,
         interval=datetime.timedelta(seconds=1),
@@ -586,15 +599,27 @@ def _guarded(cluster: Cluster, *, health_checks: bool = True) -> Cluster:
     return cluster
 
 
-def _grpc_health_check() -> HealthCheck:
+def _health_check() -> HealthCheck:
     return HealthCheck(
         timeout=datetime.timedelta(seconds=HEALTH_TIMEOUT_S),
         interval=datetime.timedelta(seconds=HEALTH_INTERVAL_S),
         no_traffic_interval=datetime.timedelta(seconds=HEALTH_NO_TRAFFIC_INTERVAL_S),
         unhealthy_threshold=HEALTH_UNHEALTHY_THRESHOLD,
         healthy_threshold=1,
-        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
     )
+
+
+def _grpc_health_check() -> HealthCheck:
+    check = _health_check()
+    check.grpc_health_check = HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE)
+    return check
+
+
+def _http_health_check() -> HealthCheck:
+    """``GET /readyz`` on each endpoint's health-check port: 200 ready, 503 draining."""
+    check = _health_check()
+    check.http_health_check = HealthCheckHttpHealthCheck(path=HTTP_READY_PATH)
+    return check
 
 
 def _cluster(
@@ -604,10 +629,19 @@ def _cluster(
     http2: bool,
     connect_timeout_s: float,
     idle_timeout_s: float | None = None,
+    health_ports: Sequence[int] = (),
 ) -> Cluster:
     endpoints = [endpoints] if isinstance(endpoints, Endpoint) else list(endpoints)
     if not endpoints:
         raise ValueError(f"cluster {name} needs at least one endpoint")
+    if health_ports and len(health_ports) != len(endpoints):
+        raise ValueError(
+            f"cluster {name}: {len(health_ports)} health port(s) for {len(endpoints)} endpoint(s)"
+        )
+    health_configs = [
+        EndpointHealthCheckConfig(port_value=port) if port else None
+        for port in (health_ports or [0] * len(endpoints))
+    ]
     explicit = (
         HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
         if http2
@@ -622,8 +656,12 @@ def _cluster(
             endpoints=[
                 LocalityLbEndpoints(
                     lb_endpoints=[
-                        LbEndpoint(endpoint=EnvoyEndpoint(address=_address(endpoint)))
-                        for endpoint in endpoints
+                        LbEndpoint(
+                            endpoint=EnvoyEndpoint(
+                                address=_address(endpoint), health_check_config=health
+                            )
+                        )
+                        for endpoint, health in zip(endpoints, health_configs, strict=True)
                     ]
                 )
             ],
