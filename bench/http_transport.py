@@ -65,7 +65,7 @@ class _Running:
     url: str
     envoy_pid: int
     authz: ServerProcess | None
-    wrk: list[tuple[tools.LoadResult, float, float]] = field(default_factory=list)
+    wrk: list[tuple[tools.LoadResult, float, float, float]] = field(default_factory=list)
     paced: list[tools.LoadResult] = field(default_factory=list)
     stalled: list[tools.LoadResult] = field(default_factory=list)
     held_to_the_end: list[int] = field(default_factory=list)
@@ -193,7 +193,7 @@ def run(ctx: Context, selected: Sequence[str] = ("h",)) -> list[Section]:
             tools.wrk(each.url, script, duration=1, connections=WRK_CONNECTIONS)
         for _round in range(rounds):
             for each in running:
-                result, _envoy, authz, _split = _cpu_during(
+                result, envoy, authz, _split = _cpu_during(
                     functools.partial(
                         tools.wrk,
                         each.url,
@@ -205,7 +205,7 @@ def run(ctx: Context, selected: Sequence[str] = ("h",)) -> list[Section]:
                     each.envoy_pid,
                     each.authz,
                 )
-                each.wrk.append((result, authz, result.rate))
+                each.wrk.append((result, authz, result.rate, envoy))
             for each in running:
                 if each.case.paced:
                     each.paced.append(paced(each.url))
@@ -226,7 +226,17 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
         f"h1/h3. wrk -t {WRK_THREADS} -c {WRK_CONNECTIONS}, {seconds:g} s per run, median of "
         f"{rounds} interleaved round(s) after a 1 s warm-up; POST, same RS256 token; Envoy "
         f"--concurrency {ENVOY_CONCURRENCY}, direct_response",
-        ["case", "req/s", "vs jwt_authn", "p99 ms", "authz cores", "authz CPU µs/req", "failed"],
+        [
+            "case",
+            "req/s",
+            "vs jwt_authn",
+            "p99 ms",
+            "Envoy cores",
+            "Envoy CPU µs/req",
+            "authz cores",
+            "authz CPU µs/req",
+            "failed",
+        ],
     )
     medians = {id(r): _median([w[0] for w in r.wrk]) for r in running}
     native = next(medians[id(r)].rate for r in running if r.case.mode == "jwt_authn")
@@ -235,12 +245,16 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
         m = medians[id(each)]
         cores = statistics.median(w[1] for w in each.wrk) if each.authz else float("nan")
         per_request = statistics.median(w[1] / w[2] * 1e6 for w in each.wrk if w[2] > 0)
+        envoy_cores = statistics.median(w[3] for w in each.wrk)
+        envoy_per_request = statistics.median(w[3] / w[2] * 1e6 for w in each.wrk if w[2] > 0)
         by_label[each.case.label] = m.rate
         wrk_table.add(
             each.case.label,
             rate(m.rate),
             f"{ratio(m.rate, native):.2f}",
             ms(m.p99_ms),
+            f"{envoy_cores:.2f}",
+            f"{envoy_per_request:.0f}",
             "" if each.authz is None else f"{cores:.2f}",
             "" if each.authz is None else f"{per_request:.0f}",
             m.failures,
@@ -265,7 +279,7 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
         f"{ratio(http_cached, by_label.get('grpc, 1 process', float('nan'))):.2f}x the req/s"
     )
     paced_table = Table(
-        f"h2. paced h2load, {PACED_RATE:,} req/s one request at a time, one HTTP/2 connection, "
+        f"h2. paced h2load, {PACED_RATE:,} req/s, a request a millisecond, one HTTP/2 connection, "
         f"{seconds:g} s per run, median of {rounds} round(s); h4: the same with {STALLED} "
         "half-open connections held on the HTTP port",
         ["case", "achieved req/s", "p50 ms", "p99 ms", "p999 ms", "failed"],
