@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import COMPOSE_CONFIG, COMPOSE_HTTP_CONFIG, rendered_files
 from authz_server.keys import parse_public_key
 from authz_server.keystore import is_candidate
 from tests.authz_process import AuthzProcess, authz_server_binary
@@ -430,14 +431,47 @@ def test_the_envoy_image_is_the_release_the_tests_run() -> None:
     assert service("envoy")["image"] == f"envoyproxy/envoy:v{pins[0]}"
 
 
-def test_envoy_mounts_the_checked_in_config_read_only() -> None:
+def envoy_config_choice() -> tuple[str, str]:
+    """compose's Envoy config source, ``./${ENVOY_CONFIG:-default}``: (variable, default)."""
     command = compose_command("envoy")
-    config = option(command, "-c")
-    mount = bind_mount("envoy", config)
+    mount = bind_mount("envoy", option(command, "-c"))
     assert mount["type"] == "bind"
     assert mount["read_only"] is True
-    assert (ROOT / mount["source"]).is_file()
-    assert (ROOT / mount["source"]).resolve() == ROOT / "envoy" / "envoy.yaml"
+    match = re.fullmatch(r"\./\$\{(\w+):-([^}]+)\}", mount["source"])
+    assert match, mount["source"]
+    return match.group(1), match.group(2)
+
+
+def test_envoy_mounts_the_checked_in_config_read_only_chosen_by_one_variable() -> None:
+    variable, default = envoy_config_choice()
+    assert variable == "ENVOY_CONFIG"
+    assert default == COMPOSE_CONFIG  # gRPC unless asked
+    assert (ROOT / default).is_file()
+    assert COMPOSE_HTTP_CONFIG in rendered_files()
+    assert (ROOT / COMPOSE_HTTP_CONFIG).is_file()
+
+
+def test_the_http_config_asks_authz_http_listen_and_health_checks_its_metrics_port() -> None:
+    """``ENVOY_CONFIG=envoy/envoy-http.yaml``: Envoy asks the authz service's
+    AUTHZ_HTTP_LISTEN over HTTP ext_authz and checks /readyz on its AUTHZ_METRICS_LISTEN;
+    both listeners stay inside compose's network."""
+    config = yaml.safe_load((ROOT / COMPOSE_HTTP_CONFIG).read_text(encoding="utf-8"))
+    (ext_authz,) = [n for n in walk(config) if n.get("name") == "envoy.filters.http.ext_authz"]
+    cluster_name = ext_authz["typed_config"]["http_service"]["server_uri"]["cluster"]
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == cluster_name]
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = [lb["endpoint"] for lb in locality["lb_endpoints"]]
+    environment = service("authz")["environment"]
+    assert endpoint["address"]["socket_address"] == {
+        "address": "authz",
+        "port_value": port_of(environment["AUTHZ_HTTP_LISTEN"]),
+    }
+    assert endpoint["health_check_config"] == {
+        "port_value": port_of(environment["AUTHZ_METRICS_LISTEN"])
+    }
+    (check,) = cluster["health_checks"]
+    assert check["http_health_check"]["path"] == "/readyz"
+    assert "ports" not in service("authz")
 
 
 def test_envoy_publishes_its_listener_and_keeps_admin_on_loopback() -> None:

@@ -132,6 +132,8 @@ with warnings.catch_warnings():
     from envoy_data_plane.google.protobuf import Any as AnyMessage
 
 __all__ = [
+    "COMPOSE_CONFIG",
+    "COMPOSE_HTTP_CONFIG",
     "LOCAL_CONFIG",
     "LOCAL_PORTS",
     "TRANSPORTS",
@@ -299,6 +301,9 @@ def as_yaml(config: dict[str, Any]) -> str:
 
 # ``make run``: everything on loopback, at these ports unless DEMO_*_PORT says otherwise.
 LOCAL_CONFIG: Final = "envoy/local.yaml"
+# compose.yaml's Envoy for each transport, chosen by its ENVOY_CONFIG.
+COMPOSE_CONFIG: Final = "envoy/envoy.yaml"
+COMPOSE_HTTP_CONFIG: Final = "envoy/envoy-http.yaml"
 LOCAL_PORTS: Final = {"gate": 10000, "authz": 9001, "node": 8545, "admin": 9901}
 
 
@@ -322,12 +327,24 @@ def rendered_files() -> dict[str, str]:
     return {
         # What `make run` starts Envoy with (at the default ports).
         LOCAL_CONFIG: as_yaml(render(**local_settings())),
-        "envoy/envoy.yaml": as_yaml(
+        COMPOSE_CONFIG: as_yaml(
             render(
                 listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the container's front door
                 authz=Endpoint("authz", 9001),
                 upstream=Endpoint("node", 8545),
                 admin=Endpoint("0.0.0.0", 9901),  # noqa: S104 - reached through compose port mapping
+            )
+        ),
+        # compose.yaml with ENVOY_CONFIG=envoy/envoy-http.yaml: the same service asked over
+        # HTTP ext_authz (its AUTHZ_HTTP_LISTEN), health-checked on /readyz (its metrics port).
+        COMPOSE_HTTP_CONFIG: as_yaml(
+            render(
+                listen=Endpoint("0.0.0.0", 10000),  # noqa: S104 - Envoy is the container's front door
+                authz=Endpoint("authz", 9002),
+                upstream=Endpoint("node", 8545),
+                admin=Endpoint("0.0.0.0", 9901),  # noqa: S104 - reached through compose port mapping
+                transport="http",
+                health_ports=[9090],
             )
         ),
         # The documented example for an existing Envoy: a service started with --workers 2,
