@@ -706,6 +706,108 @@ def test_the_network_policy_lets_only_envoy_reach_the_grpc_port() -> None:
             assert peer["namespaceSelector"]["matchLabels"]
 
 
+# -- Kubernetes, HTTP ext_authz overlay ------------------------------------------------------
+
+HTTP_OVERLAY_DIR = ROOT / "deploy" / "kubernetes-http"
+
+
+def _json_pointer_add(document: Any, path: str, value: Any) -> None:
+    *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+    for part in parents:
+        document = document[int(part)] if isinstance(document, list) else document[part]
+    if isinstance(document, list):
+        document.insert(len(document) if last == "-" else int(last), value)
+    else:
+        document[last] = value
+
+
+def http_overlay_documents() -> list[dict[str, Any]]:
+    """``deploy/kubernetes-http`` built the way kustomize builds it, for what it uses: the
+    base's manifests (``resources: [../kubernetes]``) with its JSON 6902 ``add`` patches
+    applied to the objects their targets name. Anything else in it fails here first."""
+    import copy
+
+    overlay = yaml.safe_load((HTTP_OVERLAY_DIR / "kustomization.yaml").read_text("utf-8"))
+    assert set(overlay) == {"apiVersion", "kind", "resources", "patches"}, set(overlay)
+    assert overlay["resources"] == ["../kubernetes"]
+    base = yaml.safe_load((KUBERNETES_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
+    documents = [
+        copy.deepcopy(document)
+        for file, document in kubernetes_documents()
+        if file in base["resources"]
+    ]
+    for patch in overlay["patches"]:
+        target = patch["target"]
+        assert set(target) <= {"kind", "name"}, target
+        matched = [
+            d
+            for d in documents
+            if d["kind"] == target["kind"]
+            and target.get("name", d["metadata"]["name"]) == d["metadata"]["name"]
+        ]
+        assert matched, target
+        for operation in yaml.safe_load(patch["patch"]):
+            assert operation["op"] == "add", operation
+            for document in matched:
+                _json_pointer_add(document, operation["path"], copy.deepcopy(operation["value"]))
+    return documents
+
+
+def http_overlay_object(kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [
+        d
+        for d in http_overlay_documents()
+        if d["kind"] == kind and name in (None, d["metadata"]["name"])
+    ]
+    return found
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_of_the_http_overlay_is_valid_against_the_kubernetes_schemas(
+    version: str,
+) -> None:
+    for document in http_overlay_documents():
+        try:
+            kubernetes_validate.validate(document, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(part) for part in exc.path)
+            pytest.fail(f"{document['kind']}: {where}: {exc.message}", pytrace=False)
+
+
+def test_the_http_overlay_adds_the_http_and_readyz_listeners_to_the_grpc_deployment() -> None:
+    """One choice of directory switches the transport: the overlay keeps every gRPC
+    setting and adds the HTTP listener, the /readyz port Envoy checks, their service port
+    and their admission for the same Envoy pods as gRPC."""
+    (container,) = http_overlay_object("Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    declared = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert declared == {
+        "grpc": port_of(option(container["args"], "--listen")),
+        "http": port_of(env["AUTHZ_HTTP_LISTEN"]),
+        "metrics": port_of(env["AUTHZ_METRICS_LISTEN"]),
+    }
+    assert container["readinessProbe"] == authz_container()["readinessProbe"]
+    for name in ("authz-server", "authz-server-headless"):
+        ports = http_overlay_object("Service", name)["spec"]["ports"]
+        assert [(p["name"], p["targetPort"], p["port"]) for p in ports] == [
+            ("grpc", "grpc", 9001),
+            ("http", "http", declared["http"]),
+        ]
+    (envoy_rule, *others) = http_overlay_object("NetworkPolicy")["spec"]["ingress"]
+    base_rule = kubernetes_object("NetworkPolicy")["spec"]["ingress"][0]
+    assert envoy_rule["from"] == base_rule["from"]
+    assert [p["port"] for p in envoy_rule["ports"]] == ["grpc", "http", "metrics"]
+    assert others == kubernetes_object("NetworkPolicy")["spec"]["ingress"][1:]
+
+
+def test_the_http_overlay_documents_the_envoy_config_for_its_ports() -> None:
+    text = (HTTP_OVERLAY_DIR / "kustomization.yaml").read_text(encoding="utf-8")
+    (container,) = http_overlay_object("Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert f"--health-port {port_of(env['AUTHZ_METRICS_LISTEN'])}" in text
+    assert f"svc.cluster.local:{port_of(env['AUTHZ_HTTP_LISTEN'])}" in text
+
+
 # -- Istio ----------------------------------------------------------------------------------
 
 
