@@ -77,8 +77,9 @@ PUBLIC_NAMES = {
     ],
     "authz_server.devtools.demo_upstream": ["JsonRpcNode", "main"],
     "authz_server.devtools.envoy_config": [
-        "LOCAL_CONFIG", "LOCAL_PORTS", "TRANSPORTS", "Endpoint", "ProjectRoute",
-        "local_settings", "main", "as_yaml", "render", "rendered_files",
+        "COMPOSE_CONFIG", "COMPOSE_HTTP_CONFIG", "LOCAL_CONFIG", "LOCAL_PORTS", "TRANSPORTS",
+        "Endpoint", "ProjectRoute", "local_settings", "main", "as_yaml", "render",
+        "rendered_files",
     ],
     "authz_server.devtools.envoy_process": [
         "EnvoyConfigError", "EnvoyProcess", "envoy_binary", "terminate", "validate",
