@@ -154,19 +154,6 @@ class _Stalled:
             sock.close()
 
 
-def _median(runs: Sequence[tools.LoadResult]) -> tools.LoadResult:
-    return tools.LoadResult(
-        tool=runs[0].tool,
-        requests=sum(r.requests for r in runs),
-        seconds=sum(r.seconds for r in runs),
-        rate=statistics.median(r.rate for r in runs),
-        p50_ms=statistics.median(r.p50_ms for r in runs),
-        p99_ms=statistics.median(r.p99_ms for r in runs),
-        p999_ms=statistics.median(r.p999_ms for r in runs),
-        failures=sum(r.failures for r in runs),
-    )
-
-
 def run(ctx: Context, selected: Sequence[str] = ("h",)) -> list[Section]:
     del selected
     token = ctx.customer.token("RS256")
@@ -238,7 +225,7 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
             "failed",
         ],
     )
-    medians = {id(r): _median([w[0] for w in r.wrk]) for r in running}
+    medians = {id(r): tools.median_of([w[0] for w in r.wrk]) for r in running}
     native = next(medians[id(r)].rate for r in running if r.case.mode == "jwt_authn")
     by_label: dict[str, float] = {}
     for each in running:
@@ -293,7 +280,7 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
         ):
             if not runs:
                 continue
-            m = _median(runs)
+            m = tools.median_of(runs)
             paced_table.add(
                 label, rate(m.rate), ms(m.p50_ms), ms(m.p99_ms), ms(m.p999_ms), m.failures
             )

@@ -198,19 +198,6 @@ def _start(
     return _Running(case, url, envoy.process.pid, authz)
 
 
-def _median_load(runs: Sequence[tools.LoadResult]) -> tools.LoadResult:
-    return tools.LoadResult(
-        tool=runs[0].tool,
-        requests=sum(r.requests for r in runs),
-        seconds=sum(r.seconds for r in runs),
-        rate=statistics.median(r.rate for r in runs),
-        p50_ms=statistics.median(r.p50_ms for r in runs),
-        p99_ms=statistics.median(r.p99_ms for r in runs),
-        mean_ms=statistics.median(r.mean_ms for r in runs),
-        failures=sum(r.failures for r in runs),
-    )
-
-
 def run(ctx: Context, selected: Sequence[str] = ("b", "c")) -> list[Section]:
     """Start every case side by side (idle until measured), then load them in turns."""
     do_b, do_c = "b" in selected, "c" in selected
@@ -288,16 +275,16 @@ def run(ctx: Context, selected: Sequence[str] = ("b", "c")) -> list[Section]:
     for each in running:
         result = _Measured(each.case)
         if each.b_runs:
-            result.b = _median_load([r[0] for r in each.b_runs])
+            result.b = tools.median_of([r[0] for r in each.b_runs])
             result.envoy_cores = statistics.median(r[1] for r in each.b_runs)
             result.authz_cores = statistics.median(r[2] for r in each.b_runs)
             split = each.b_runs[-1][3]
             if len(split) > 1:  # supervisor first, then the workers
                 result.worker_split = " / ".join(f"{c:.2f}" for c in split)
         if each.c_runs:
-            result.c = _median_load(each.c_runs)
+            result.c = tools.median_of(each.c_runs)
         if each.paced_runs:
-            result.paced = _median_load(each.paced_runs)
+            result.paced = tools.median_of(each.paced_runs)
         measured.append(result)
     sections = []
     if do_b:

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-__all__ = ["LoadResult", "ensure_tools", "h2load", "h2load_paced", "wrk"]
+__all__ = [
+    "LoadResult",
+    "ensure_tools",
+    "h2load",
+    "h2load_paced",
+    "median_of",
+    "wrk",
+]
 
 # Debian package of each tool (bookworm: h2load 1.52, wrk 4.1).
 PACKAGES: Final = {"h2load": "nghttp2-client", "wrk": "wrk"}
@@ -32,6 +39,21 @@ class LoadResult:
     p999_ms: float = float("nan")  # from h2load's log only
     failures: int = 0  # transport errors, timeouts, or non-2xx statuses
     notes: list[str] = field(default_factory=list)
+
+
+def median_of(runs: Sequence[LoadResult]) -> LoadResult:
+    """The runs of one case as one: medians of rates and latencies, sums of counts."""
+    return LoadResult(
+        tool=runs[0].tool,
+        requests=sum(r.requests for r in runs),
+        seconds=sum(r.seconds for r in runs),
+        rate=statistics.median(r.rate for r in runs),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        mean_ms=statistics.median(r.mean_ms for r in runs),
+        p999_ms=statistics.median(r.p999_ms for r in runs),
+        failures=sum(r.failures for r in runs),
+    )
 
 
 def ensure_tools(names: Sequence[str] = ("h2load", "wrk")) -> dict[str, str]:

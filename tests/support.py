@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from authz_server.keys import VerifyKey, parse_public_key
-from authz_server.tokens import PrivateKey, b64url, public_pem
+from authz_server.tokens import PrivateKey, b64url, mint, public_pem
+from authz_server.verifier import Reason
 
 # The contract's messages, spelled out here rather than taken from the code under test.
 MISSING: Final = "missing JWT token"
@@ -70,3 +71,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
     return time.monotonic() - start
+
+
+def row_tokens(key: PrivateKey, other: PrivateKey, kid: str) -> dict[Reason, str | None]:
+    """A token that each row of the decision table (but row 0, which is about the path)
+    denies, for a project whose key ``kid`` is ``key``; audience suffix ``example.com``."""
+    now = int(time.time())
+    return {
+        Reason.MISSING_TOKEN: None,
+        Reason.MALFORMED: "abc.def",
+        Reason.UNSUPPORTED_ALGORITHM: mint(key, kid, {}, header={"alg": "none"}),
+        Reason.EMPTY_KEY_ID: mint(key, "", {}),
+        Reason.UNKNOWN_KEY_ID: mint(key, "not-registered", {}),
+        Reason.BAD_SIGNATURE: mint(other, kid, {}),
+        Reason.EXPIRED: mint(key, kid, {"exp": now - 5}),
+        Reason.NOT_YET_VALID: mint(key, kid, {"nbf": now + 3600}),
+        Reason.BAD_AUDIENCE: mint(key, kid, {"aud": "rpc.example.org"}),
+    }

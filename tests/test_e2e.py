@@ -28,7 +28,7 @@ from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, generate_private_key, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import wait_for, write_key
+from tests.support import row_tokens, wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 ROUTED = "routed-project"
@@ -167,21 +167,6 @@ def test_a_project_without_keys_passes_untouched(stack: Stack) -> None:
     assert "x-jwt-kid" not in seen
 
 
-def _row_tokens(key: PrivateKey, other: PrivateKey) -> dict[Reason, str | None]:
-    now = int(time.time())
-    return {
-        Reason.MISSING_TOKEN: None,
-        Reason.MALFORMED: "abc.def",
-        Reason.UNSUPPORTED_ALGORITHM: mint(key, KID, {}, header={"alg": "none"}),
-        Reason.EMPTY_KEY_ID: mint(key, "", {}),
-        Reason.UNKNOWN_KEY_ID: mint(key, "not-registered", {}),
-        Reason.BAD_SIGNATURE: mint(other, KID, {}),
-        Reason.EXPIRED: mint(key, KID, {"exp": now - 5}),
-        Reason.NOT_YET_VALID: mint(key, KID, {"nbf": now + 3600}),
-        Reason.BAD_AUDIENCE: mint(key, KID, {"aud": "rpc.example.org"}),
-    }
-
-
 @pytest.mark.parametrize(
     "reason",
     list(TABLE_REASONS),
@@ -194,7 +179,7 @@ def test_each_row_of_the_table_reaches_the_client_as_403_json(
     if reason is Reason.INVALID_PROJECT_ID:  # row 0 is about the path, not the token
         _denied(stack.post(f"/eth/{PROJECT};x"), reason, project=f"{PROJECT};x")
     else:
-        token = _row_tokens(ec_key, other_ec_key)[reason]
+        token = row_tokens(ec_key, other_ec_key, KID)[reason]
         _denied(stack.post(f"/eth/{PROJECT}", token), reason)
     assert len(stack.node.requests) == before  # nothing reached the node
 

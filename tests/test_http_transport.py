@@ -23,7 +23,7 @@ from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.http import MAX_HEAD_BYTES, HttpGateServer
 from authz_server.verifier import TABLE_REASONS, Policy, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import wait_for, write_key
+from tests.support import row_tokens, wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 KID = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
@@ -152,21 +152,6 @@ def client(server: HttpGateServer) -> Iterator[Client]:
     client.close()
 
 
-def _row_tokens(key: PrivateKey, other: PrivateKey) -> dict[Reason, str | None]:
-    now = int(time.time())
-    return {
-        Reason.MISSING_TOKEN: None,
-        Reason.MALFORMED: "abc.def",
-        Reason.UNSUPPORTED_ALGORITHM: mint(key, KID, {}, header={"alg": "none"}),
-        Reason.EMPTY_KEY_ID: mint(key, "", {}),
-        Reason.UNKNOWN_KEY_ID: mint(key, "not-registered", {}),
-        Reason.BAD_SIGNATURE: mint(other, KID, {}),
-        Reason.EXPIRED: mint(key, KID, {"exp": now - 5}),
-        Reason.NOT_YET_VALID: mint(key, KID, {"nbf": now + 3600}),
-        Reason.BAD_AUDIENCE: mint(key, KID, {"aud": "rpc.example.org"}),
-    }
-
-
 def _assert_denied(response: Response, reason: Reason, project: str = PROJECT) -> None:
     assert response.status == 403
     assert response.headers["content-type"] == "application/json"
@@ -182,7 +167,7 @@ def test_each_row_of_the_table_is_a_403_with_the_contracts_json_body(
     if reason is Reason.INVALID_PROJECT_ID:
         _assert_denied(client.ask(request(f"/eth/{PROJECT};x")), reason, f"{PROJECT};x")
     else:
-        token = _row_tokens(ec_key, other_ec_key)[reason]
+        token = row_tokens(ec_key, other_ec_key, KID)[reason]
         _assert_denied(client.ask(request(f"/eth/{PROJECT}", token=token)), reason)
 
 
