@@ -36,6 +36,7 @@ __all__ = [
     "AUTHZ_PROJECT_HEADER",
     "FORGED_ALIASES",
     "JWT_KID_HEADER",
+    "EncodedAnswers",
     "Gate",
     "denial_body",
     "headers_to_remove",
@@ -52,6 +53,14 @@ log = logging.getLogger("authz_server.service")
 _NOT_READY: Final = Denied(Reason.NOT_READY)
 # The longest project text a denial body repeats: no valid id is longer.
 _MAX_SHOWN_PROJECT: Final = 128
+# Cap on each table of encoded answers (a safety net; real sizes are far lower).
+_MAX_ENCODED: Final = 100_000
+# Denials whose project a client names freely (any valid id, or any text at all): their
+# encodings are not kept, since a client's paths are unbounded. Every other denial is for
+# a project with keys, whose number is bounded.
+_UNBOUNDED_DENIALS: Final = frozenset(
+    {Reason.INVALID_PROJECT_ID, Reason.NOT_READY, Reason.INTERNAL_ERROR}
+)
 
 
 def _aliases(header: str) -> tuple[str, ...]:
@@ -188,3 +197,38 @@ class Gate:
                 "request_id": shown_request_id,
             },
         )
+
+
+class EncodedAnswers:
+    """A transport's wire encoding of the gate's answers, the ones that repeat kept once.
+
+    ``allow(project, kid)`` and ``deny(reason, project)`` encode; the tables are bounded:
+    verified kids by the registered keys, open projects (named by clients) by a cap, after
+    which they are encoded each time; denials of freely named projects are never kept.
+    """
+
+    def __init__(
+        self,
+        allow: Callable[[str, str | None], bytes],
+        deny: Callable[[Reason, str], bytes],
+    ) -> None:
+        self._encode_allow = allow
+        self._encode_deny = deny
+        self._allowed: dict[tuple[str, str | None], bytes] = {}
+        self._denied: dict[tuple[Reason, str], bytes] = {}
+
+    def allowed(self, project: str, kid: str | None) -> bytes:
+        encoded = self._allowed.get((project, kid))
+        if encoded is None:
+            encoded = self._encode_allow(project, kid)
+            if len(self._allowed) < _MAX_ENCODED:
+                self._allowed[(project, kid)] = encoded
+        return encoded
+
+    def denied(self, reason: Reason, project: str) -> bytes:
+        encoded = self._denied.get((reason, project))
+        if encoded is None:
+            encoded = self._encode_deny(reason, project)
+            if reason not in _UNBOUNDED_DENIALS and len(self._denied) < _MAX_ENCODED:
+                self._denied[(reason, project)] = encoded
+        return encoded

@@ -39,8 +39,8 @@ PUBLIC_NAMES = {
     "authz_server.cache": ["DEFAULT_MAX_ENTRIES", "MAX_CACHED_TOKEN_LENGTH", "CachingVerifier"],
     "authz_server.budget": ["BURST_SECONDS", "DEFAULT_RATE", "FailedCheckBudget"],
     "authz_server.gate": [
-        "AUTHZ_PROJECT_HEADER", "FORGED_ALIASES", "JWT_KID_HEADER", "Gate", "denial_body",
-        "headers_to_remove", "project_from_path",
+        "AUTHZ_PROJECT_HEADER", "EncodedAnswers", "FORGED_ALIASES", "JWT_KID_HEADER", "Gate",
+        "denial_body", "headers_to_remove", "project_from_path",
     ],
     "authz_server.mounts": ["is_mount_point", "missing_mount", "read_mount_points"],
     # Running it.

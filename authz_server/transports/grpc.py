@@ -29,6 +29,7 @@ from ..config import Endpoint
 from ..gate import (
     AUTHZ_PROJECT_HEADER,
     JWT_KID_HEADER,
+    EncodedAnswers,
     Gate,
     denial_body,
     headers_to_remove,
@@ -63,14 +64,6 @@ def _set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 _JSON_CONTENT_TYPE: Final = _set_header("content-type", "application/json")
-# Cap on each table of pre-encoded responses (a safety net; real sizes are far lower).
-_MAX_ENCODED: Final = 100_000
-# Denials whose project a client names freely (any valid id, or any text at all): their
-# encodings are not kept, since a client's paths are unbounded. Every other denial is for
-# a project with keys, whose number is bounded.
-_UNBOUNDED_DENIALS: Final = frozenset(
-    {Reason.INVALID_PROJECT_ID, Reason.NOT_READY, Reason.INTERNAL_ERROR}
-)
 
 
 def project_of(attributes: attribute_context_pb2.AttributeContext) -> str:
@@ -125,8 +118,9 @@ class AuthorizationService:
         self._decide = gate.decide
         self._remove_on_open = headers_to_remove(None, forward_jwt=forward_jwt)
         self._remove_on_allow = headers_to_remove("", forward_jwt=forward_jwt)
-        self._allow_bytes: dict[tuple[str, str | None], bytes] = {}
-        self._deny_bytes: dict[tuple[Reason, str], bytes] = {}
+        self._answers = EncodedAnswers(self._encode_allowed, self._encode_denied)
+        self._allowed = self._answers.allowed
+        self._denied = self._answers.denied
 
     def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
         """The decoded response (for callers in this process and tests)."""
@@ -148,43 +142,29 @@ class AuthorizationService:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc).reason, project)
 
-    def _allowed(self, project: str, kid: str | None) -> bytes:
+    def _encode_allowed(self, project: str, kid: str | None) -> bytes:
         """The upstream learns the project the gate decided on, and the key that signed;
         ``kid`` is None for a project without keys."""
-        encoded = self._allow_bytes.get((project, kid))
-        if encoded is None:
-            headers = [_set_header(AUTHZ_PROJECT_HEADER, project)]
-            if kid is not None:
-                headers.append(_set_header(JWT_KID_HEADER, kid))
-            encoded = external_auth_pb2.CheckResponse(
-                status=_OK_STATUS,
-                ok_response=external_auth_pb2.OkHttpResponse(
-                    headers=headers,
-                    headers_to_remove=(
-                        self._remove_on_open if kid is None else self._remove_on_allow
-                    ),
-                ),
-            ).SerializeToString()
-            # Verified kids are bounded by the registered keys; open projects are named by
-            # clients, so the table stops growing at the cap and the rest are built each time.
-            if len(self._allow_bytes) < _MAX_ENCODED:
-                self._allow_bytes[(project, kid)] = encoded
-        return encoded
+        headers = [_set_header(AUTHZ_PROJECT_HEADER, project)]
+        if kid is not None:
+            headers.append(_set_header(JWT_KID_HEADER, kid))
+        return external_auth_pb2.CheckResponse(
+            status=_OK_STATUS,
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=headers,
+                headers_to_remove=self._remove_on_open if kid is None else self._remove_on_allow,
+            ),
+        ).SerializeToString()
 
-    def _denied(self, reason: Reason, project: str) -> bytes:
-        encoded = self._deny_bytes.get((reason, project))
-        if encoded is None:
-            encoded = external_auth_pb2.CheckResponse(
-                status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason.message),
-                denied_response=external_auth_pb2.DeniedHttpResponse(
-                    status=_FORBIDDEN,
-                    headers=[_JSON_CONTENT_TYPE],
-                    body=denial_body(reason, project),
-                ),
-            ).SerializeToString()
-            if reason not in _UNBOUNDED_DENIALS and len(self._deny_bytes) < _MAX_ENCODED:
-                self._deny_bytes[(reason, project)] = encoded
-        return encoded
+    def _encode_denied(self, reason: Reason, project: str) -> bytes:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason.message),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=_FORBIDDEN,
+                headers=[_JSON_CONTENT_TYPE],
+                body=denial_body(reason, project),
+            ),
+        ).SerializeToString()
 
     def handler(self) -> grpc.GenericRpcHandler[external_auth_pb2.CheckRequest, bytes]:
         """``envoy.service.auth.v3.Authorization/Check`` for a ``grpc.server``."""

@@ -29,6 +29,7 @@ from ..config import Endpoint
 from ..gate import (
     AUTHZ_PROJECT_HEADER,
     JWT_KID_HEADER,
+    EncodedAnswers,
     Gate,
     denial_body,
     headers_to_remove,
@@ -48,10 +49,6 @@ MAX_HEAD_BYTES: Final = 16 * 1024
 # so a request never races this server closing the connection it was sent on.
 IDLE_TIMEOUT_S: Final = 300.0
 REQUEST_TIMEOUT_S: Final = 10.0
-_MAX_ENCODED: Final = 100_000
-_UNBOUNDED_DENIALS: Final = frozenset(
-    {Reason.INVALID_PROJECT_ID, Reason.NOT_READY, Reason.INTERNAL_ERROR}
-)
 
 
 def _response(status: str, headers: list[tuple[str, str]], body: bytes, *, close: bool) -> bytes:
@@ -78,8 +75,9 @@ class _Encoder:
         self.gate = gate
         self._remove_on_open = ", ".join(headers_to_remove(None, forward_jwt=forward_jwt))
         self._remove_on_allow = ", ".join(headers_to_remove("", forward_jwt=forward_jwt))
-        self._allow: dict[tuple[str, str | None], bytes] = {}
-        self._deny: dict[tuple[Reason, str], bytes] = {}
+        answers = EncodedAnswers(self._encode_allowed, self._encode_denied)
+        self._allowed = answers.allowed
+        self._denied = answers.denied
 
     def answer(self, path: str, authorization: str | None, request_id: str | None) -> bytes:
         """The encoded response (keep-alive) to one request; never raises."""
@@ -93,28 +91,17 @@ class _Encoder:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc, request_id).reason, project)
 
-    def _allowed(self, project: str, kid: str | None) -> bytes:
-        encoded = self._allow.get((project, kid))
-        if encoded is None:
-            headers = [(AUTHZ_PROJECT_HEADER, project)]
-            if kid is not None:
-                headers.append((JWT_KID_HEADER, kid))
-            removed = self._remove_on_open if kid is None else self._remove_on_allow
-            headers.append(("x-envoy-auth-headers-to-remove", removed))
-            encoded = _response("200 OK", headers, b"", close=False)
-            if len(self._allow) < _MAX_ENCODED:
-                self._allow[(project, kid)] = encoded
-        return encoded
+    def _encode_allowed(self, project: str, kid: str | None) -> bytes:
+        headers = [(AUTHZ_PROJECT_HEADER, project)]
+        if kid is not None:
+            headers.append((JWT_KID_HEADER, kid))
+        removed = self._remove_on_open if kid is None else self._remove_on_allow
+        headers.append(("x-envoy-auth-headers-to-remove", removed))
+        return _response("200 OK", headers, b"", close=False)
 
-    def _denied(self, reason: Reason, project: str) -> bytes:
-        encoded = self._deny.get((reason, project))
-        if encoded is None:
-            body = denial_body(reason, project).encode()
-            headers = [("content-type", "application/json")]
-            encoded = _response("403 Forbidden", headers, body, close=False)
-            if reason not in _UNBOUNDED_DENIALS and len(self._deny) < _MAX_ENCODED:
-                self._deny[(reason, project)] = encoded
-        return encoded
+    def _encode_denied(self, reason: Reason, project: str) -> bytes:
+        body = denial_body(reason, project).encode()
+        return _response("403 Forbidden", [("content-type", "application/json")], body, close=False)
 
 
 def _without_body(response: bytes) -> bytes:
