@@ -15,6 +15,9 @@ from types import TracebackType
 from authz_server.devtools.envoy_process import terminate
 
 _SERVING = re.compile(r"serving on (\S+):(\d+):")
+# The same `serving on` line names the HTTP ext_authz listener, when there is one.
+_HTTP_LISTEN = re.compile(r"HTTP ext_authz on (\S+):(\d+)")
+_METRICS_LISTEN = re.compile(r"metrics on http://\S+:(\d+)/metrics")
 
 
 def authz_server_binary() -> str:
@@ -51,6 +54,8 @@ class AuthzProcess:
         self.lines: deque[str] = deque(maxlen=2000)
         self.address = ""
         self.port = 0
+        self.http_port = 0  # --http-listen's port, when serving HTTP ext_authz
+        self.metrics_port = 0  # --metrics-listen's port (/metrics, /healthz, /readyz)
         self._ready = threading.Event()
         self.process: subprocess.Popen[str] | None = None
 
@@ -81,7 +86,19 @@ class AuthzProcess:
             if match and not self._ready.is_set():
                 self.port = int(match.group(2))
                 self.address = f"127.0.0.1:{self.port}"
+                if http := _HTTP_LISTEN.search(line):
+                    self.http_port = int(http.group(2))
+                if metrics := _METRICS_LISTEN.search(line):
+                    self.metrics_port = int(metrics.group(1))
                 self._ready.set()
+
+    def port_for(self, transport: str) -> int:
+        """The port Envoy asks over ``transport`` ("grpc" or "http")."""
+        if transport == "grpc":
+            return self.port
+        if not self.http_port:
+            raise AssertionError("no HTTP ext_authz listener (--http-listen):\n" + self.log)
+        return self.http_port
 
     @property
     def log(self) -> str:

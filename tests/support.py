@@ -28,6 +28,10 @@ CONTRACT_MESSAGES: Final = frozenset(
     | {EXPIRED, NOT_YET, BAD_AUDIENCE}
 )
 
+# The ways Envoy asks the gate: every end-to-end test through a real Envoy runs over each
+# (an authz-server started with --http-listen serves both; AuthzProcess.port_for picks).
+TRANSPORTS: Final = ("grpc", "http")
+
 
 def verify_key(kid: str, private: PrivateKey) -> VerifyKey:
     alg, public = parse_public_key(public_pem(private))

@@ -11,24 +11,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from google.rpc import code_pb2
 
-from authz_server._proto.envoy.service.auth.v3 import (
-    external_auth_pb2,
-    external_auth_pb2_grpc,
-)
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
-from authz_server.devtools.requests import check_request
 from authz_server.keystore import MAX_KEYS_PER_PROJECT
 from authz_server.tokens import mint, public_pem
 from authz_server.verifier import Reason, deny_body
 from tests.authz_process import AuthzProcess, authz_server_binary
-from tests.support import wait_for
+from tests.support import TRANSPORTS, wait_for
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 RELOAD_DEADLINE = 1.0  # docs/contract.md: a key change takes effect within 1 second
@@ -76,20 +69,6 @@ class Stack:
     authz: AuthzProcess
     node: JsonRpcNode
     envoy: EnvoyProcess
-    stub: external_auth_pb2_grpc.AuthorizationStub
-
-    def check(self, project: str, token: str) -> external_auth_pb2.CheckResponse:
-        """Envoy's question to the service, asked over gRPC as Envoy asks it."""
-        request = check_request(f"/eth/{project}", token=token)
-        response: external_auth_pb2.CheckResponse = self.stub.Check(request, timeout=5)
-        return response
-
-    def allows(self, project: str, token: str) -> bool:
-        return self.check(project, token).status.code == code_pb2.OK
-
-    def denies(self, project: str, token: str, message: str) -> bool:
-        status = self.check(project, token).status
-        return status.code == code_pb2.PERMISSION_DENIED and status.message == message
 
     def post(self, project: str, token: str) -> tuple[int, object]:
         """A JSON-RPC call through Envoy: (status, decoded JSON body)."""
@@ -106,23 +85,33 @@ class Stack:
         finally:
             connection.close()
 
+    def allows(self, project: str, token: str) -> bool:
+        return self.post(project, token)[0] == 200
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """authz-server serve on a watched keys directory, a JSON-RPC node and Envoy in front."""
+    def denies(self, project: str, token: str, message: str) -> bool:
+        status, body = self.post(project, token)
+        return status == 403 and isinstance(body, dict) and body.get("message") == message
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """authz-server serve on a watched keys directory, a JSON-RPC node and Envoy in front,
+    Envoy asking over gRPC or over HTTP ext_authz."""
+    transport: str = request.param
     keys_dir = tmp_path_factory.mktemp("stack") / "keys"
     keys_dir.mkdir()
-    with AuthzProcess(keys_dir) as authz, JsonRpcNode() as node:
+    with AuthzProcess(keys_dir, "--http-listen", "127.0.0.1:0") as authz, JsonRpcNode() as node:
         config = render(
             listen=LOOPBACK_0,
-            authz=Endpoint("127.0.0.1", authz.port),
+            authz=Endpoint("127.0.0.1", authz.port_for(transport)),
             upstream=Endpoint("127.0.0.1", node.port),
             admin=LOOPBACK_0,
+            transport=transport,
         )
-        with EnvoyProcess(config) as envoy, grpc.insecure_channel(authz.address) as channel:
-            yield Stack(
-                keys_dir, authz, node, envoy, external_auth_pb2_grpc.AuthorizationStub(channel)
-            )
+        with EnvoyProcess(config) as envoy:
+            yield Stack(keys_dir, authz, node, envoy)
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256"])

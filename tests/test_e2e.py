@@ -5,7 +5,6 @@ Every test of the stack runs twice: Envoy asking over gRPC, and over HTTP ext_au
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import urllib.error
@@ -28,7 +27,7 @@ from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, generate_private_key, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import row_tokens, wait_for, write_key
+from tests.support import TRANSPORTS, row_tokens, wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 ROUTED = "routed-project"
@@ -93,18 +92,7 @@ def _json(response: object) -> dict[str, object]:
     return data
 
 
-_HTTP_LISTEN = re.compile(r"HTTP ext_authz on (\S+):(\d+)")
-
-
-def http_port(authz: AuthzProcess) -> int:
-    """The port of a server's --http-listen, from its `serving on` line."""
-    for line in authz.lines:
-        if match := _HTTP_LISTEN.search(line):
-            return int(match.group(2))
-    raise AssertionError("no HTTP listener in the log:\n" + authz.log)
-
-
-@pytest.fixture(scope="module", params=["grpc", "http"])
+@pytest.fixture(scope="module", params=TRANSPORTS)
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ec_key: PrivateKey
 ) -> Iterator[Stack]:
@@ -118,7 +106,7 @@ def stack(
             keys_dir, "--audience-suffix", SUFFIX, "--http-listen", "127.0.0.1:0"
         ) as authz,
     ):
-        port = authz.port if transport == "grpc" else http_port(authz)
+        port = authz.port_for(transport)
         stack = Stack(keys_dir, node, authz, None, transport, Endpoint("127.0.0.1", port))  # type: ignore[arg-type]
         # Per-route projects are gRPC's context_extensions; over HTTP the path names it.
         routes = [ProjectRoute("/v1/mainnet", ROUTED)] if transport == "grpc" else []

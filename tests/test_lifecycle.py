@@ -32,8 +32,7 @@ from authz_server.server import running_gate
 from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import SERVICE_NAME
 from tests.authz_process import AuthzProcess
-from tests.support import wait_for, write_key
-from tests.test_e2e import http_port
+from tests.support import TRANSPORTS, wait_for, write_key
 from tests.test_metrics import KID, PROJECT
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -276,17 +275,6 @@ def authz_host_health(envoy: EnvoyProcess) -> dict[int, str]:
     return flags
 
 
-_METRICS_LISTEN = re.compile(r"metrics on http://\S+:(\d+)/metrics")
-
-
-def metrics_port(authz: AuthzProcess) -> int:
-    """The port of a server's --metrics-listen (its /readyz), from its `serving on` line."""
-    for line in authz.lines:
-        if match := _METRICS_LISTEN.search(line):
-            return int(match.group(1))
-    raise AssertionError("no metrics listener in the log:\n" + authz.log)
-
-
 @contextmanager
 def two_replicas_behind_envoy(
     keys_dir: Path, *first_args: str, transport: str = "grpc"
@@ -303,7 +291,7 @@ def two_replicas_behind_envoy(
         AuthzProcess(keys_dir, *extra) as second,
     ):
         replicas = (first, second)
-        ports = [http_port(r) if http else r.port for r in replicas]
+        ports = [r.port_for(transport) for r in replicas]
         with EnvoyProcess(
             render(
                 listen=Endpoint("127.0.0.1", 0),
@@ -311,7 +299,7 @@ def two_replicas_behind_envoy(
                 upstream=Endpoint("127.0.0.1", node.port),
                 admin=Endpoint("127.0.0.1", 0),
                 transport=transport,
-                health_ports=[metrics_port(r) for r in replicas] if http else (),
+                health_ports=[r.metrics_port for r in replicas] if http else (),
             )
         ) as envoy:
             both = dict.fromkeys(ports, "healthy")
@@ -319,7 +307,7 @@ def two_replicas_behind_envoy(
             yield first, ports[0], envoy
 
 
-@pytest.mark.parametrize("transport", ["grpc", "http"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_stopping_one_of_two_replicas_under_load_through_envoy_fails_no_request(
     one_key_dir: Path, ec_key: PrivateKey, transport: str
 ) -> None:

@@ -36,7 +36,7 @@ from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 from tests.authz_process import AuthzProcess
-from tests.support import BAD_SIGNATURE, MISSING, UNKNOWN_KID, wait_for, write_key
+from tests.support import BAD_SIGNATURE, MISSING, TRANSPORTS, UNKNOWN_KID, wait_for, write_key
 from tests.test_metrics import parse
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
@@ -446,6 +446,7 @@ def _post(envoy: EnvoyProcess, project: str, token: str | None) -> int:
         return error.code
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("layout", ["keys-volume", "project-volume"])
 def test_through_envoy_a_keyed_project_stays_locked_after_its_volume_is_unmounted(
     volumes: Volumes,
@@ -453,6 +454,7 @@ def test_through_envoy_a_keyed_project_stays_locked_after_its_volume_is_unmounte
     ec_key: PrivateKey,
     other_ec_key: PrivateKey,
     layout: str,
+    transport: str,
 ) -> None:
     keys_dir = tmp_path / "keys"
     volume = volumes.tmpfs(keys_dir if layout == "keys-volume" else keys_dir / PROJECT)
@@ -460,13 +462,14 @@ def test_through_envoy_a_keyed_project_stays_locked_after_its_volume_is_unmounte
     valid, forged = mint(ec_key, KID, {}), mint(other_ec_key, KID, {})
     with (
         JsonRpcNode() as node,
-        AuthzProcess(keys_dir, "--rescan-interval", "0.2") as authz,
+        AuthzProcess(keys_dir, "--rescan-interval", "0.2", "--http-listen", "127.0.0.1:0") as authz,
     ):
         config = render(
             listen=Endpoint("127.0.0.1", 0),
-            authz=Endpoint("127.0.0.1", authz.port),
+            authz=Endpoint("127.0.0.1", authz.port_for(transport)),
             upstream=Endpoint("127.0.0.1", node.port),
             admin=Endpoint("127.0.0.1", 0),
+            transport=transport,
         )
         with EnvoyProcess(config) as envoy:
             assert _post(envoy, PROJECT, forged) == 403

@@ -20,14 +20,17 @@ from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey
 from tests.authz_process import AuthzProcess, authz_server_binary
-from tests.support import wait_for, write_key
+from tests.support import TRANSPORTS, wait_for, write_key
 
 _SERVING = re.compile(r"\[(\d+)\] authz_server: serving on 127\.0\.0\.1:(\d+):")
+_SERVING_HTTP = re.compile(r"\[(\d+)\] authz_server: serving on .* HTTP ext_authz on \S+:(\d+)")
 
 
-def _workers(process: AuthzProcess) -> dict[int, int]:
-    """pid -> port of every worker that announced itself."""
-    return {int(pid): int(port) for pid, port in _SERVING.findall(process.log)}
+def _workers(process: AuthzProcess, transport: str = "grpc") -> dict[int, int]:
+    """pid -> port of every worker that announced itself (its HTTP ext_authz port for
+    ``transport`` "http")."""
+    serving = _SERVING if transport == "grpc" else _SERVING_HTTP
+    return {int(pid): int(port) for pid, port in serving.findall(process.log)}
 
 
 def test_each_worker_serves_on_its_own_port_and_sigterm_stops_them_all(tmp_path: Path) -> None:
@@ -69,15 +72,23 @@ def test_every_worker_drains_and_a_second_signal_reaches_them_all(tmp_path: Path
     assert process.log.count("authz_server: stopped") == 2
 
 
-def test_envoy_balances_calls_over_the_workers(tmp_path: Path, ec_key: PrivateKey) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_envoy_balances_calls_over_the_workers(
+    tmp_path: Path, ec_key: PrivateKey, transport: str
+) -> None:
     write_key(tmp_path / "locked", "k", ec_key)
-    with JsonRpcNode() as node, AuthzProcess(tmp_path, "--workers", "2") as process:
-        wait_for(lambda: len(_workers(process)) == 2, timeout=20)
+    with (
+        JsonRpcNode() as node,
+        AuthzProcess(tmp_path, "--workers", "2", "--http-listen", "127.0.0.1:0") as process,
+    ):
+        wait_for(lambda: len(_workers(process, transport)) == 2, timeout=20)
+        ports = _workers(process, transport).values()
         config = render(
             listen=Endpoint("127.0.0.1", 0),
-            authz=[Endpoint("127.0.0.1", port) for port in _workers(process).values()],
+            authz=[Endpoint("127.0.0.1", port) for port in ports],
             upstream=Endpoint("127.0.0.1", node.port),
             admin=Endpoint("127.0.0.1", 0),
+            transport=transport,
         )
         with EnvoyProcess(config) as envoy:
             for _ in range(40):
