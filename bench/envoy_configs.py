@@ -23,7 +23,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from authz_server.devtools.envoy_config import Endpoint, render
+from authz_server.devtools.envoy_config import PROJECT_METADATA_FILTER, Endpoint, render
 
 __all__ = ["DIRECT_RESULT", "MODES", "gate_config"]
 
@@ -146,6 +146,9 @@ def gate_config(
     if upstream is not None:
         keep_clusters.add("upstream")
     resources["clusters"] = [c for c in resources["clusters"] if c["name"] in keep_clusters]
+    if mode != "ext_authz":
+        # It only names the project in ext_authz's fail-closed reply: no cost for the others.
+        filters[:] = [f for f in filters if f["name"] != PROJECT_METADATA_FILTER]
     auth_index = next(i for i, f in enumerate(filters) if f["name"].endswith("ext_authz"))
     if mode == "noauth":
         del filters[auth_index]

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_0 = Endpoint("127.0.0.1", 0)
 EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
-UNAVAILABLE = {"code": -32013, "message": "authorization service unavailable", "project": ""}
+UNAVAILABLE = {"code": -32013, "message": "authorization service unavailable"}
 MAINNET = ProjectRoute("/v1/mainnet/", "demo-mainnet")
 # Paths that may end in a project id go upstream; all others stop at Envoy, 403 as the gate
 # answers them (spelled out here rather than taken from the module under test).
@@ -158,16 +158,17 @@ def test_the_module_writes_the_checked_in_files_and_then_checks_them(tmp_path: P
 # --- what the config says ----------------------------------------------------------------------
 
 
-def test_the_http_filters_are_ext_authz_then_the_router() -> None:
+def test_the_http_filters_name_the_project_then_ext_authz_then_the_router() -> None:
     filters = connection_manager(rendering())["http_filters"]
     assert [f["name"] for f in filters] == [
+        "envoy.filters.http.header_to_metadata",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.router",
     ]
 
 
 def test_ext_authz_fails_closed_over_grpc_v3_with_the_configured_timeout() -> None:
-    ext_authz = connection_manager(rendering(authz_timeout_s=0.4))["http_filters"][0]
+    ext_authz = connection_manager(rendering(authz_timeout_s=0.4))["http_filters"][1]
     typed = ext_authz["typed_config"]
     assert typed["@type"] == EXT_AUTHZ_TYPE
     # Proto3 JSON leaves out fields at their default: absent means false.
@@ -183,10 +184,23 @@ def test_a_project_route_names_its_project_in_the_context_extensions() -> None:
     assert first["match"] == {"prefix": "/v1/mainnet/"}
     assert first["route"] == {"cluster": "upstream"}
     assert first["typed_per_filter_config"] == {
+        "envoy.filters.http.header_to_metadata": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+            "request_rules": [
+                {
+                    "header": ":path",
+                    "on_header_present": {
+                        "metadata_namespace": "authz_server",
+                        "key": "project",
+                        "value": "demo-mainnet",
+                    },
+                }
+            ],
+        },
         "envoy.filters.http.ext_authz": {
             "@type": PER_ROUTE_TYPE,
             "check_settings": {"context_extensions": {"project": "demo-mainnet"}},
-        }
+        },
     }
     assert by_path["match"] == PROJECT_PATH_MATCH
     assert "typed_per_filter_config" not in by_path
@@ -339,6 +353,7 @@ def test_the_edge_normalises_paths_and_trusts_only_the_peer_address() -> None:
         pytest.param(lambda: Endpoint("h", -1), id="negative-port"),
         pytest.param(lambda: ProjectRoute("v1/", "p"), id="relative-prefix"),
         pytest.param(lambda: ProjectRoute("/v1/", ""), id="empty-project"),
+        pytest.param(lambda: ProjectRoute("/v1/", 'a"b'), id="project-not-an-id"),
         pytest.param(lambda: rendering(authz_timeout_s=0), id="zero-timeout"),
     ],
 )
@@ -463,7 +478,8 @@ def node() -> Iterator[JsonRpcNode]:
 
 
 def test_envoys_fail_closed_body_speaks_like_a_service_not_ready_yet() -> None:
-    assert json.loads(UNAVAILABLE_BODY) == UNAVAILABLE
+    body = json.loads(UNAVAILABLE_BODY)
+    assert body == {**UNAVAILABLE, "project": "%DYNAMIC_METADATA(authz_server:project):128%"}
     assert UNAVAILABLE["message"] == Reason.NOT_READY.message
 
 
@@ -486,16 +502,27 @@ def test_with_the_authz_service_down_envoy_fails_closed_with_403(
             )
         ) as envoy,
     ):
-        for path in ("/v1/mainnet/x", "/eth/some-project"):
+        # The project the service would have named: the route's, else the path's last
+        # segment when it is a project id; "" for any other path.
+        long_id = "p" * 200
+        for path, project in (
+            ("/v1/mainnet/x", "demo-mainnet" if transport == "grpc" else "x"),
+            ("/eth/some-project", "some-project"),
+            ("/eth/Some_Project-2/?q=/a&b=%22", "Some_Project-2"),
+            ("/eth/some.project", ""),
+            ('/eth/a"b', ""),
+            ("/", ""),
+            (f"/eth/{long_id}", long_id[:128]),
+        ):
             status, headers, body = post(envoy.port, path)
             assert status == 403, envoy.log
             assert headers["content-type"] == "application/json"
-            assert json.loads(body) == UNAVAILABLE
+            assert json.loads(body) == {**UNAVAILABLE, "project": project}, path
     assert node.requests == []
 
 
 def http_ext_authz(config: dict[str, Any]) -> dict[str, Any]:
-    (ext_authz, _) = connection_manager(config)["http_filters"]
+    (_, ext_authz, _) = connection_manager(config)["http_filters"]
     typed: dict[str, Any] = ext_authz["typed_config"]
     assert "grpc_service" not in typed
     return typed

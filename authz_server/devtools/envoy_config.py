@@ -32,6 +32,7 @@ import betterproto2
 import yaml
 
 from ..config import Endpoint
+from ..keys import is_valid_id
 
 with warnings.catch_warnings():
     # envoy-data-plane 2.2 generates oneof checks as classmethod `model_validator(mode="after")`,
@@ -107,6 +108,13 @@ with warnings.catch_warnings():
         ExtAuthzPerRoute,
         HttpService,
     )
+    from envoy_data_plane.envoy.extensions.filters.http.header_to_metadata.v3 import (
+        Config as HeaderToMetadata,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.header_to_metadata.v3 import (
+        ConfigKeyValuePair,
+        ConfigRule,
+    )
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
         HttpConnectionManager,
@@ -125,6 +133,7 @@ with warnings.catch_warnings():
     )
     from envoy_data_plane.envoy.type.matcher.v3 import (
         ListStringMatcher,
+        RegexMatchAndSubstitute,
         RegexMatcher,
         StringMatcher,
     )
@@ -164,6 +173,7 @@ HTTP_READY_PATH: Final = "/readyz"
 HEALTH_NO_TRAFFIC_INTERVAL_S: Final = 5.0
 UPSTREAM_CLUSTER: Final = "upstream"
 EXT_AUTHZ_FILTER: Final = "envoy.filters.http.ext_authz"
+PROJECT_METADATA_FILTER: Final = "envoy.filters.http.header_to_metadata"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
 PROJECT_CONTEXT_KEY: Final = "project"
 # How Envoy asks the service: gRPC Check (the default), or HTTP ext_authz (``--http-listen``).
@@ -182,9 +192,23 @@ HTTP_IDLE_TIMEOUT_S: Final = 60.0
 # service could not be asked (unreachable, timeout, gRPC error); a denial carries
 # "ext_authz_denied". Both set the UAEX response flag, so the flag cannot tell them apart.
 _AUTHZ_ERROR_DETAIL: Final = "ext_authz_error"
+# Envoy's own reply names the project as the service would: the route's project, else the
+# path's last segment, which PROJECT_METADATA_FILTER copies into this dynamic metadata before
+# ext_authz runs. Empty when the segment is not a valid project id (only A-Za-z0-9_- ever gets
+# there, so the text needs no JSON escaping); cut at 128 characters like the service's bodies.
+PROJECT_METADATA_NAMESPACE: Final = "authz_server"
+PROJECT_METADATA_KEY: Final = "project"
 UNAVAILABLE_BODY: Final = json.dumps(
-    {"code": -32013, "message": "authorization service unavailable", "project": ""}
+    {
+        "code": -32013,
+        "message": "authorization service unavailable",
+        "project": f"%DYNAMIC_METADATA({PROJECT_METADATA_NAMESPACE}:{PROJECT_METADATA_KEY}):128%",
+    }
 )
+# The last non-empty path segment when it is a possible project id; every other path matches
+# the second branch, whose empty group sets nothing (the filter would copy an unmatched path
+# as it is, quotes and all). Normalized paths only: Envoy merges slashes before filters run.
+PROJECT_SEGMENT_REWRITE: Final = r"(?s)^(?:[^?]*/)?([A-Za-z0-9_-]+)/*(?:\?.*)?$|^.*$"
 # Paths whose last segment could be a project id (docs/contract.md: 1 to 128 of A-Za-z0-9_-;
 # the service checks the length, which would make the RE2 program too large for Envoy's
 # default limit). Matched against the normalized path without its query string.
@@ -212,6 +236,12 @@ class ProjectRoute:
             raise ValueError(f"route prefix {self.prefix!r} must start with '/'")
         if not self.project:
             raise ValueError(f"route prefix {self.prefix!r} needs a project")
+        if not is_valid_id(self.project):
+            # The service would deny every request of such a route (`invalid project id`).
+            raise ValueError(
+                f"route prefix {self.prefix!r}: {self.project!r} is not a project id "
+                "(1 to 128 of A-Z a-z 0-9 _ -)"
+            )
 
 
 def render(
@@ -405,6 +435,7 @@ def _listener(
         codec_type=HttpConnectionManagerCodecType.AUTO,
         route_config=_route_config(project_routes),
         http_filters=[
+            HttpFilter(name=PROJECT_METADATA_FILTER, typed_config=_pack(_project_metadata(None))),
             HttpFilter(
                 name=EXT_AUTHZ_FILTER,
                 typed_config=_pack(
@@ -516,13 +547,14 @@ def _route_config(project_routes: Sequence[ProjectRoute]) -> RouteConfiguration:
             match=RouteMatch(prefix=route.prefix),
             route=RouteAction(cluster=UPSTREAM_CLUSTER),
             typed_per_filter_config={
+                PROJECT_METADATA_FILTER: _pack(_project_metadata(route.project)),
                 EXT_AUTHZ_FILTER: _pack(
                     ExtAuthzPerRoute(
                         check_settings=CheckSettings(
                             context_extensions={PROJECT_CONTEXT_KEY: route.project}
                         )
                     )
-                )
+                ),
             },
         )
         for route in project_routes
@@ -557,6 +589,24 @@ def _route_config(project_routes: Sequence[ProjectRoute]) -> RouteConfiguration:
     )
 
 
+def _project_metadata(project: str | None) -> HeaderToMetadata:
+    """The project Envoy's own fail-closed reply names: ``project`` for a project route,
+    else the path's last segment, the service's own rule (gate.project_from_path)."""
+    if project is not None:
+        found = ConfigKeyValuePair(
+            metadata_namespace=PROJECT_METADATA_NAMESPACE, key=PROJECT_METADATA_KEY, value=project
+        )
+    else:
+        found = ConfigKeyValuePair(
+            metadata_namespace=PROJECT_METADATA_NAMESPACE,
+            key=PROJECT_METADATA_KEY,
+            regex_value_rewrite=RegexMatchAndSubstitute(
+                pattern=RegexMatcher(regex=PROJECT_SEGMENT_REWRITE), substitution=r"\1"
+            ),
+        )
+    return HeaderToMetadata(request_rules=[ConfigRule(header=":path", on_header_present=found)])
+
+
 def _authz_unavailable_reply() -> LocalReplyConfig:
     """A JSON-RPC style body for the fail-closed reply, and for nothing else.
 
@@ -580,6 +630,8 @@ def _authz_unavailable_reply() -> LocalReplyConfig:
                 body_format_override=SubstitutionFormatString(
                     text_format_source=DataSource(inline_string=UNAVAILABLE_BODY),
                     content_type="application/json",
+                    # No metadata (a path without a project id): "" rather than Envoy's "-".
+                    omit_empty_values=True,
                 ),
             )
         ]
