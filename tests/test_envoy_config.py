@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK_0 = Endpoint("127.0.0.1", 0)
 EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+METADATA_TYPE = "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config"
 UNAVAILABLE = {"code": -32013, "message": "authorization service unavailable"}
 MAINNET = ProjectRoute("/v1/mainnet/", "demo-mainnet")
 # Paths that may end in a project id go upstream; all others stop at Envoy, 403 as the gate
@@ -185,7 +186,7 @@ def test_a_project_route_names_its_project_in_the_context_extensions() -> None:
     assert first["route"] == {"cluster": "upstream"}
     assert first["typed_per_filter_config"] == {
         "envoy.filters.http.header_to_metadata": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+            "@type": METADATA_TYPE,
             "request_rules": [
                 {
                     "header": ":path",
