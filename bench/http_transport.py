@@ -14,16 +14,17 @@ h2. the paced h2load of section c (one request a millisecond, 1,000 req/s, one H
 h3. CPU per request: the authz-server process tree's CPU seconds (supervisor and
     workers, from /proc) during the h1 runs, over the requests answered; 1 process and
     ``--workers 2`` (each worker serves HTTP on a port of its own; Envoy lists them all).
-h4. the stalled-client guarantee of the HTTP listener: 256 connections opened to the
-    HTTP port that send half a request and then nothing, held while h2's paced load
-    runs through Envoy, against the same load without them.
+h4. the stalled-client guarantee of both listeners, side by side: h2's paced load
+    through Envoy while 256 stalled clients hold the authz-server's own port (HTTP: 256
+    connections that send half a request head, then nothing; gRPC: 256 Check streams
+    opened over 8 HTTP/2 connections and never finished), against the same load
+    without them.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import socket
 import statistics
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ from typing import Final
 
 from authz_server.devtools.envoy_config import Endpoint
 from authz_server.devtools.envoy_process import EnvoyProcess, validate
+from tests.half_open import HalfOpenConnections
+from tests.raw_http2 import StalledStreams
 
 from . import tools
 from .checks import RPC_BODY, jwks_of
@@ -46,6 +49,7 @@ __all__ = ["run"]
 
 PACED_RATE: Final = 1000
 STALLED: Final = 256
+_STALLED_GRPC_CONNECTIONS: Final = 8  # 32 unfinished Check streams on each
 _HTTP_SERVING: Final = re.compile(r"HTTP ext_authz on (\S+):(\d+)")
 
 
@@ -125,33 +129,25 @@ def _start(stack: ExitStack, ctx: Context, case: _Case, jwks: str, token: str) -
     return _Running(case, url, envoy.process.pid, authz)
 
 
-class _Stalled:
-    """``count`` connections to the HTTP port, each with half a request's headers sent."""
-
-    def __init__(self, address: str, count: int) -> None:
-        host, _, port = address.rpartition(":")
-        self.sockets: list[socket.socket] = []
-        for _ in range(count):
-            sock = socket.create_connection((host, int(port)), timeout=5)
-            sock.sendall(b"POST /x HTTP/1.1\r\nHost: authz\r\nContent-Le")
-            self.sockets.append(sock)
-
-    def still_open(self) -> int:
-        """How many the server has not closed (its request timeout is 10 s)."""
-        count = 0
-        for sock in self.sockets:
-            sock.setblocking(False)
-            try:
-                count += sock.recv(1, socket.MSG_PEEK) != b""
-            except BlockingIOError:
-                count += 1
-            except OSError:
-                pass
-        return count
-
-    def close(self) -> None:
-        for sock in self.sockets:
-            sock.close()
+def _under_stalled_clients(each: _Running, paced: functools.partial[tools.LoadResult]) -> None:
+    """h4: ``paced`` through Envoy while the authz-server's own port is held by stalled
+    clients: half-open HTTP connections (HTTP transport) or unfinished Check streams
+    (gRPC), 256 of them; how many were still held when the load ended."""
+    assert each.authz is not None
+    host, _, port = each.authz.address.rpartition(":")
+    if each.case.transport == "http":
+        with HalfOpenConnections(host, int(port), STALLED) as half_open:
+            each.stalled.append(paced(each.url))
+            each.held_to_the_end.append(half_open.still_open())
+    else:
+        per_connection = STALLED // _STALLED_GRPC_CONNECTIONS
+        with StalledStreams(
+            host, int(port), connections=_STALLED_GRPC_CONNECTIONS, streams=per_connection
+        ) as streams:
+            if not streams.held():
+                raise RuntimeError(f"{each.case.label}: the stalled streams were not all held")
+            each.stalled.append(paced(each.url))
+            each.held_to_the_end.append(streams.open_streams if streams.held() else 0)
 
 
 def run(ctx: Context, selected: Sequence[str] = ("h",)) -> list[Section]:
@@ -196,14 +192,9 @@ def run(ctx: Context, selected: Sequence[str] = ("h",)) -> list[Section]:
             for each in running:
                 if each.case.paced:
                     each.paced.append(paced(each.url))
-            http = next(r for r in running if r.case.transport == "http" and r.case.paced)
-            assert http.authz is not None
-            stalled = _Stalled(http.authz.address, STALLED)
-            try:
-                http.stalled.append(paced(http.url))
-                http.held_to_the_end.append(stalled.still_open())
-            finally:
-                stalled.close()
+            for each in running:
+                if each.case.paced and each.authz is not None:
+                    _under_stalled_clients(each, paced)
     return [_section(ctx, running, rounds, seconds)]
 
 
@@ -268,7 +259,8 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
     paced_table = Table(
         f"h2. paced h2load, {PACED_RATE:,} req/s, a request a millisecond, one HTTP/2 connection, "
         f"{seconds:g} s per run, median of {rounds} round(s); h4: the same with {STALLED} "
-        "half-open connections held on the HTTP port",
+        "stalled clients held on the authz-server's port (HTTP: half-open connections; "
+        "gRPC: unfinished Check streams over 8 connections)",
         ["case", "achieved req/s", "p50 ms", "p99 ms", "p999 ms", "failed"],
     )
     jwt_p99 = float("nan")
@@ -276,7 +268,7 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
     for each in running:
         for label, runs in (
             (each.case.label, each.paced),
-            (f"{each.case.label}, {STALLED} stalled HTTP clients held", each.stalled),
+            (f"{each.case.label}, {STALLED} stalled clients held", each.stalled),
         ):
             if not runs:
                 continue
@@ -291,18 +283,19 @@ def _section(ctx: Context, running: list[_Running], rounds: int, seconds: float)
     section.tables.append(paced_table)
     for each in running:
         if each.held_to_the_end:
+            held = " / ".join(str(n) for n in each.held_to_the_end)
             section.notes.append(
-                f"h4: of the {STALLED} half-open connections, "
-                f"{' / '.join(str(n) for n in each.held_to_the_end)} (per round) were still "
-                "open when the load ended (the HTTP listener closes a request not complete "
-                "within 10 s)"
+                f"h4, {each.case.label}: of the {STALLED} stalled clients, {held} (per round) "
+                "were still held when the load ended (the HTTP listener closes a request not "
+                "complete within 10 s; the gRPC server keeps a stream until its keepalive or "
+                "age limits)"
             )
     section.goals.append(
         Goal("h2: HTTP p99 minus jwt_authn p99 at 1,000 req/s", http_p99 - jwt_p99, 1.5, "<=", "ms")
     )
     section.notes.append(
         f"h2/h4 runs of {PACED_RATE:,} req/s start one request every millisecond; "
-        "h4's stalled connections go straight to the authz-server's HTTP port, not through Envoy",
+        "h4's stalled clients go straight to the authz-server's own port, not through Envoy",
     )
     section.notes.append(
         "h3: authz CPU µs/req is the authz-server tree's CPU (supervisor and workers) over "

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import statistics
 import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
@@ -34,6 +31,7 @@ from authz_server.devtools.envoy_config import Endpoint, render
 from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, mint
 from tests.authz_process import AuthzProcess
+from tests.half_open import HalfOpenConnections
 from tests.raw_http2 import StalledStreams
 from tests.support import wait_for, write_key
 from tests.test_lifecycle import authz_host_health
@@ -146,29 +144,6 @@ def test_the_old_threads_option_still_starts_the_server_and_says_it_is_ignored(
     assert "--threads (AUTHZ_THREADS) is deprecated and ignored" in authz.log
 
 
-@contextmanager
-def half_open_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
-    """``count`` connections to ``port``, each sent half a request head and then nothing."""
-    with ExitStack() as stack:
-        held = []
-        for index in range(count):
-            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
-            sock.sendall(f"POST /eth/p{index} HTTP/1.1\r\nhost: authz\r\n".encode())
-            held.append(sock)
-        yield held
-
-
-def still_open(sock: socket.socket) -> bool:
-    """True while the server has neither answered nor closed ``sock``."""
-    sock.setblocking(False)
-    try:
-        return not sock.recv(1)  # b"" would be a close; data an answer
-    except BlockingIOError:
-        return True
-    finally:
-        sock.setblocking(True)
-
-
 def readyz(port: int) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
         return int(response.status)
@@ -199,13 +174,13 @@ def test_256_half_open_http_connections_starve_neither_envoys_checks_nor_readine
             timeout=15,
             interval=0.05,
         )
-        with half_open_connections(authz.http_port, HALF_OPEN_CONNECTIONS) as held:
+        with HalfOpenConnections("127.0.0.1", authz.http_port, HALF_OPEN_CONNECTIONS) as held:
             ready_before = readyz(authz.metrics_port)
             results = post_through_envoy(envoy.port, token)
             ready_after = readyz(authz.metrics_port)
             # Every half-open connection was still held at the end: the load ran beside
             # all of them (the server closes them only 10 s after their first byte).
-            assert all(still_open(sock) for sock in held)
+            assert held.still_open() == HALF_OPEN_CONNECTIONS
     statuses = Counter(status for status, _seconds in results)
     assert statuses == {200: CLIENTS * REQUESTS_PER_CLIENT}, statuses
     assert (ready_before, ready_after) == (200, 200)
