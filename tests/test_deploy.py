@@ -832,3 +832,46 @@ def test_the_istio_policy_sends_requests_to_the_registered_authz_provider() -> N
     assert grpc["port"] == svc["spec"]["ports"][0]["port"]
     assert grpc["failOpen"] is False
     assert re.fullmatch(r"\d+(\.\d+)?(ms|s)", grpc["timeout"])
+
+
+ISTIO_HTTP_PROVIDER_FIELDS = {
+    "service",
+    "port",
+    "timeout",
+    "pathPrefix",
+    "failOpen",
+    "statusOnError",
+    "includeRequestHeadersInCheck",
+    "includeAdditionalHeadersInCheck",
+    "includeRequestBodyInCheck",
+    "headersToUpstreamOnAllow",
+    "headersToDownstreamOnDeny",
+    "headersToDownstreamOnAllow",
+}
+
+
+def test_the_istio_http_provider_asks_the_overlays_http_port_as_the_gate_needs() -> None:
+    """deploy/kubernetes-http's envoyExtAuthzHttp provider: the same name the policy names,
+    the overlay's HTTP port, fail closed, no path prefix (the gate reads the project from
+    the original path), the token sent, the gate's two headers passed upstream and the
+    denial's content type to the client."""
+    operator = yaml.safe_load(
+        (HTTP_OVERLAY_DIR / "istio-meshconfig-http.yaml").read_text(encoding="utf-8")
+    )
+    (provider,) = operator["spec"]["meshConfig"]["extensionProviders"]
+    policy = kubernetes_object("AuthorizationPolicy")
+    assert provider["name"] == policy["spec"]["provider"]["name"]
+    http = provider["envoyExtAuthzHttp"]
+    assert set(http) <= ISTIO_HTTP_PROVIDER_FIELDS
+    svc = http_overlay_object("Service", "authz-server")
+    assert (
+        http["service"]
+        == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    )
+    assert http["port"] == next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+    assert http["failOpen"] is False
+    assert "pathPrefix" not in http
+    assert re.fullmatch(r"\d+(\.\d+)?(ms|s)", http["timeout"])
+    assert {"authorization", "x-request-id"} <= set(http["includeRequestHeadersInCheck"])
+    assert http["headersToUpstreamOnAllow"] == ["x-jwt-kid", "x-authz-project"]
+    assert http["headersToDownstreamOnDeny"] == ["content-type"]
