@@ -159,9 +159,10 @@ def test_the_module_writes_the_checked_in_files_and_then_checks_them(tmp_path: P
 # --- what the config says ----------------------------------------------------------------------
 
 
-def test_the_http_filters_name_the_project_then_ext_authz_then_the_router() -> None:
+def test_the_http_filters_are_cors_then_the_project_then_ext_authz_then_the_router() -> None:
     filters = connection_manager(rendering())["http_filters"]
     assert [f["name"] for f in filters] == [
+        "envoy.filters.http.cors",
         "envoy.filters.http.header_to_metadata",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.router",
@@ -169,7 +170,7 @@ def test_the_http_filters_name_the_project_then_ext_authz_then_the_router() -> N
 
 
 def test_ext_authz_fails_closed_over_grpc_v3_with_the_configured_timeout() -> None:
-    ext_authz = connection_manager(rendering(authz_timeout_s=0.4))["http_filters"][1]
+    ext_authz = connection_manager(rendering(authz_timeout_s=0.4))["http_filters"][2]
     typed = ext_authz["typed_config"]
     assert typed["@type"] == EXT_AUTHZ_TYPE
     # Proto3 JSON leaves out fields at their default: absent means false.
@@ -523,7 +524,7 @@ def test_with_the_authz_service_down_envoy_fails_closed_with_403(
 
 
 def http_ext_authz(config: dict[str, Any]) -> dict[str, Any]:
-    (_, ext_authz, _) = connection_manager(config)["http_filters"]
+    (_, _, ext_authz, _) = connection_manager(config)["http_filters"]
     typed: dict[str, Any] = ext_authz["typed_config"]
     assert "grpc_service" not in typed
     return typed

@@ -42,6 +42,10 @@ PUBLIC_NAMES = {
         "AUTHZ_PROJECT_HEADER", "EncodedAnswers", "FORGED_ALIASES", "JWT_KID_HEADER", "Gate",
         "denial_body", "headers_to_remove", "project_from_path",
     ],
+    "authz_server.cors": [
+        "ALLOW_HEADERS", "ALLOW_METHODS", "ANY_ORIGIN", "MAX_AGE_S", "NO_CORS", "cors_origins",
+        "is_preflight", "preflight_headers",
+    ],
     "authz_server.mounts": ["is_mount_point", "missing_mount", "read_mount_points"],
     # Running it.
     "authz_server.config": [

@@ -216,6 +216,16 @@ def register(commands: Subcommands) -> None:
     envoy_cmd.add_argument(
         "--authz-timeout", default=0.25, type=seconds, help="ext_authz call timeout, seconds"
     )
+    envoy_cmd.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help=(
+            "origin whose browser pages may call, as https://app.example.com (repeatable); "
+            "default: any origin; 'none' renders no CORS filter"
+        ),
+    )
     envoy_cmd.add_argument("--output", type=Path, help="write here instead of stdout")
     envoy_cmd.set_defaults(func=_envoy_config_command, parser=envoy_cmd)
 
@@ -307,6 +317,7 @@ def _serve_command(args: argparse.Namespace) -> int:
 
 
 def _envoy_config_command(args: argparse.Namespace) -> int:
+    from ..cors import cors_origins
     from ..devtools.envoy_config import ProjectRoute, as_yaml, render
 
     admin = None
@@ -327,6 +338,7 @@ def _envoy_config_command(args: argparse.Namespace) -> int:
                     if args.health_port is None
                     else [args.health_port + i for i in range(args.workers)]
                 ),
+                cors_origins=cors_origins(args.cors_origin),
             )
         )
     except ValueError as exc:

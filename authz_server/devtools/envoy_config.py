@@ -5,10 +5,10 @@ turns it into the plain, JSON-compatible dict Envoy reads (snake_case field name
 on every ``Any``). Building typed messages rather than writing YAML by hand means a field
 name Envoy does not know fails here, in Python, not at Envoy start-up.
 
-The shape: one listener whose HTTP connection manager runs ``ext_authz`` (gRPC, API v3,
-failing closed) and then the router; one route per ``ProjectRoute`` that names the project
-through ext_authz ``context_extensions``; a catch-all route; an ``authz`` cluster over HTTP/2
-and an ``upstream`` cluster over HTTP/1.1.
+The shape: one listener whose HTTP connection manager runs Envoy's CORS filter (unless CORS
+is off), ``ext_authz`` (gRPC, API v3, failing closed) and then the router; one route per
+``ProjectRoute`` that names the project through ext_authz ``context_extensions``; a
+catch-all route; an ``authz`` cluster over HTTP/2 and an ``upstream`` cluster over HTTP/1.1.
 
 ``python -m authz_server.devtools.envoy_config`` (``make envoy-config``) rewrites the checked-in
 files of ``rendered_files()``.
@@ -32,6 +32,8 @@ import betterproto2
 import yaml
 
 from ..config import Endpoint
+from ..cors import ALLOW_HEADERS, ALLOW_METHODS, ANY_ORIGIN, MAX_AGE_S
+from ..cors import cors_origins as _origins
 from ..keys import is_valid_id
 
 with warnings.catch_warnings():
@@ -101,6 +103,7 @@ with warnings.catch_warnings():
         VirtualHost,
     )
     from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+    from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
     from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
         AuthorizationResponse,
         CheckSettings,
@@ -175,6 +178,7 @@ UPSTREAM_CLUSTER: Final = "upstream"
 EXT_AUTHZ_FILTER: Final = "envoy.filters.http.ext_authz"
 PROJECT_METADATA_FILTER: Final = "envoy.filters.http.header_to_metadata"
 ROUTER_FILTER: Final = "envoy.filters.http.router"
+CORS_FILTER: Final = "envoy.filters.http.cors"
 PROJECT_CONTEXT_KEY: Final = "project"
 # How Envoy asks the service: gRPC Check (the default), or HTTP ext_authz (``--http-listen``).
 TRANSPORTS: Final = ("grpc", "http")
@@ -254,6 +258,7 @@ def render(
     authz_timeout_s: float = 0.25,
     transport: str = "grpc",
     health_ports: Sequence[int] = (),
+    cors_origins: Sequence[str] = (ANY_ORIGIN,),
 ) -> dict[str, Any]:
     """The Envoy bootstrap config as a JSON-compatible dict.
 
@@ -266,6 +271,9 @@ def render(
     are then each ``authz`` endpoint's ``--metrics-listen`` port, in the same order: Envoy
     health-checks ``/readyz`` there (the same host, a port of its own per endpoint). Without
     them the HTTP cluster has no active health check, only outlier detection and retries.
+
+    ``cors_origins`` are the origins whose pages may call (``authz_server.cors.cors_origins``
+    reads the ``--cors-origin`` words): ``("*",)`` any, ``()`` CORS off (no CORS filter).
     """
     if not authz_timeout_s > 0:
         raise ValueError(f"authz_timeout_s must be positive, got {authz_timeout_s}")
@@ -277,6 +285,7 @@ def render(
             "(context_extensions) need the gRPC transport"
         )
     http = transport == "http"
+    cors = _origins(cors_origins) if cors_origins else ()
     if health_ports and not http:
         raise ValueError("health_ports are for the HTTP transport (gRPC checks its own port)")
     authz_cluster = _guarded(
@@ -294,7 +303,7 @@ def render(
     )
     bootstrap = Bootstrap(
         static_resources=BootstrapStaticResources(
-            listeners=[_listener(listen, project_routes, authz_timeout_s, http=http)],
+            listeners=[_listener(listen, project_routes, authz_timeout_s, http=http, cors=cors)],
             clusters=[
                 authz_cluster,
                 _cluster(UPSTREAM_CLUSTER, upstream, http2=False, connect_timeout_s=5.0),
@@ -428,13 +437,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _listener(
-    listen: Endpoint, project_routes: Sequence[ProjectRoute], authz_timeout_s: float, *, http: bool
+    listen: Endpoint,
+    project_routes: Sequence[ProjectRoute],
+    authz_timeout_s: float,
+    *,
+    http: bool,
+    cors: Sequence[str],
 ) -> Listener:
+    # CORS first: a preflight never carries the token, so it must be answered before
+    # ext_authz asks for one; and ext_authz's denials (local replies) then pass back through
+    # it, so that pages can read their -32013 body.
+    cors_filters = [HttpFilter(name=CORS_FILTER, typed_config=_pack(Cors()))] if cors else []
     manager = HttpConnectionManager(
         stat_prefix="ingress_http",
         codec_type=HttpConnectionManagerCodecType.AUTO,
-        route_config=_route_config(project_routes),
+        route_config=_route_config(project_routes, cors),
         http_filters=[
+            *cors_filters,
             HttpFilter(name=PROJECT_METADATA_FILTER, typed_config=_pack(_project_metadata(None))),
             HttpFilter(
                 name=EXT_AUTHZ_FILTER,
@@ -540,7 +559,30 @@ def _http_ext_authz(timeout_s: float) -> ExtAuthz:
     )
 
 
-def _route_config(project_routes: Sequence[ProjectRoute]) -> RouteConfiguration:
+def _cors_policy(origins: Sequence[str]) -> CorsPolicy:
+    """The virtual host's policy for the CORS filter (the route's own ``cors`` field is
+    deprecated in favour of this ``typed_per_filter_config``)."""
+    return CorsPolicy(
+        allow_origin_string_match=[
+            StringMatcher(safe_regex=RegexMatcher(regex=".*"))
+            if origin == ANY_ORIGIN
+            else StringMatcher(exact=origin, ignore_case=True)
+            for origin in origins
+        ],
+        allow_methods=ALLOW_METHODS,
+        allow_headers=ALLOW_HEADERS,
+        max_age=str(MAX_AGE_S),
+        # A token travels in a header the page sets, never in a cookie.
+        allow_credentials=False,
+        # Envoy answers a preflight from an origin not listed itself (no CORS headers, so
+        # the browser refuses), rather than pass it to the gate, which would answer it.
+        forward_not_matching_preflights=False,
+    )
+
+
+def _route_config(
+    project_routes: Sequence[ProjectRoute], cors: Sequence[str]
+) -> RouteConfiguration:
     routes = [
         Route(
             name=f"project-{route.project}",
@@ -585,7 +627,14 @@ def _route_config(project_routes: Sequence[ProjectRoute]) -> RouteConfiguration:
     )
     return RouteConfiguration(
         name="jsonrpc",
-        virtual_hosts=[VirtualHost(name="jsonrpc", domains=["*"], routes=routes)],
+        virtual_hosts=[
+            VirtualHost(
+                name="jsonrpc",
+                domains=["*"],
+                routes=routes,
+                typed_per_filter_config={CORS_FILTER: _pack(_cors_policy(cors))} if cors else {},
+            )
+        ],
     )
 
 

@@ -1,0 +1,416 @@
+"""CORS for browser dapps: the policy, the rendered Envoy configs, and a real Envoy.
+
+Pages call through Envoy's CORS filter, placed before ext_authz: their preflights are
+answered at the edge without a token, and every answer (the node's, the gate's denial,
+Envoy's own fail-closed reply) carries the CORS headers that let the page read it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz_server.cors import cors_origins, is_preflight, preflight_headers
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import Endpoint, render, rendered_files
+from authz_server.devtools.envoy_process import EnvoyProcess, validate
+from authz_server.tokens import PrivateKey, mint
+from tests.authz_process import AuthzProcess, authz_server_binary
+from tests.support import MISSING, TRANSPORTS, write_key
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCKED = "locked-project"
+OPEN = "open-project"
+KID = "3f0c1b52-7a4e-4d57-9d8e-2b1f0c6a9e10"
+PAGE = "https://app.example.com"
+OTHER_PAGE = "https://elsewhere.example.org"
+CORS_FILTER = "envoy.filters.http.cors"
+# The policy, spelled out here rather than taken from the module under test.
+ALLOWED_METHODS = "POST, GET, OPTIONS"
+ALLOWED_HEADERS = "authorization, content-type"
+MAX_AGE = "7200"
+RPC = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
+
+
+def preflight_of(origin: str) -> dict[str, str]:
+    """What a browser sends before a POST with a token and a JSON body."""
+    return {
+        "origin": origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type",
+    }
+
+
+# --- the policy ---------------------------------------------------------------------------------
+
+
+def test_no_cors_origin_means_any_origin() -> None:
+    assert cors_origins([]) == ("*",)
+    assert cors_origins(["*"]) == ("*",)
+
+
+def test_cors_origin_none_turns_cors_off() -> None:
+    assert cors_origins(["none"]) == ()
+
+
+def test_origins_are_kept_lower_case_in_order_without_repeats() -> None:
+    origins = ["https://App.Example.com", "http://localhost:3000", "https://app.example.com"]
+    assert cors_origins(origins) == ("https://app.example.com", "http://localhost:3000")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "app.example.com",  # no scheme
+        "https://app.example.com/",  # a path, even an empty one
+        "https://app.example.com/dapp",
+        "https://user@app.example.com",
+        "https://app.example.com:99999",
+        "https://*.example.com",
+        "",
+    ],
+)
+def test_a_value_that_is_not_an_origin_is_refused_by_name(value: str) -> None:
+    with pytest.raises(ValueError, match="is not an origin"):
+        cors_origins([value])
+
+
+@pytest.mark.parametrize("words", [["none", PAGE], ["*", PAGE], ["none", "*"]])
+def test_none_and_any_stand_alone(words: list[str]) -> None:
+    with pytest.raises(ValueError, match="stand alone"):
+        cors_origins(words)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "expected"),
+    [
+        pytest.param("OPTIONS", preflight_of(PAGE), True, id="preflight"),
+        pytest.param("OPTIONS", preflight_of("null"), True, id="opaque-origin"),
+        pytest.param("OPTIONS", preflight_of("http://[::1]:8080"), True, id="ipv6-origin"),
+        pytest.param("OPTIONS", {"origin": PAGE}, False, id="no-request-method"),
+        pytest.param("OPTIONS", {"access-control-request-method": "POST"}, False, id="no-origin"),
+        pytest.param("OPTIONS", {}, False, id="bare-options"),
+        pytest.param("POST", preflight_of(PAGE), False, id="post-with-preflight-headers"),
+        pytest.param("options", preflight_of(PAGE), False, id="lower-case-method"),
+        pytest.param(
+            "OPTIONS", preflight_of("https://a.example\r\nx-jwt-kid: forged"), False, id="crlf"
+        ),
+        pytest.param("OPTIONS", preflight_of("https://" + "a" * 600), False, id="huge-origin"),
+        pytest.param("OPTIONS", preflight_of("https://app.example.com/x"), False, id="with-path"),
+    ],
+)
+def test_a_genuine_preflight_is_options_with_an_origin_and_a_request_method(
+    method: str, headers: dict[str, str], expected: bool
+) -> None:
+    assert is_preflight(method, headers) is expected
+
+
+def test_a_preflight_answer_allows_only_the_asking_origin() -> None:
+    assert dict(preflight_headers(PAGE)) == {
+        "access-control-allow-origin": PAGE,
+        "access-control-allow-methods": ALLOWED_METHODS,
+        "access-control-allow-headers": ALLOWED_HEADERS,
+        "access-control-max-age": MAX_AGE,
+        "vary": "origin",
+    }
+
+
+# --- the rendered configs -----------------------------------------------------------------------
+
+
+def rendering(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "listen": Endpoint("127.0.0.1", 0),
+        "authz": Endpoint("127.0.0.1", 9001),
+        "upstream": Endpoint("127.0.0.1", 8545),
+    }
+    return render(**{**kwargs, **overrides})
+
+
+def manager_of(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return typed
+
+
+def cors_policy(config: dict[str, Any]) -> dict[str, Any] | None:
+    (virtual_host,) = manager_of(config)["route_config"]["virtual_hosts"]
+    policy: dict[str, Any] | None = virtual_host.get("typed_per_filter_config", {}).get(CORS_FILTER)
+    return policy
+
+
+def filter_names(config: dict[str, Any]) -> list[str]:
+    return [f["name"] for f in manager_of(config)["http_filters"]]
+
+
+@pytest.mark.parametrize("relative", sorted(rendered_files()))
+def test_every_checked_in_config_answers_cors_before_ext_authz_for_any_origin(
+    relative: str,
+) -> None:
+    config = yaml.safe_load((ROOT / relative).read_text(encoding="utf-8"))
+    names = filter_names(config)
+    assert names.index(CORS_FILTER) < names.index("envoy.filters.http.ext_authz")
+    policy = cors_policy(config)
+    assert policy is not None
+    assert policy["allow_origin_string_match"] == [{"safe_regex": {"regex": ".*"}}]
+
+
+def test_the_policy_allows_the_token_a_json_body_and_post_get_options() -> None:
+    policy = cors_policy(rendering())
+    assert policy == {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+        "allow_methods": ALLOWED_METHODS,
+        "allow_headers": ALLOWED_HEADERS,
+        "max_age": MAX_AGE,
+        "allow_credentials": False,
+        "forward_not_matching_preflights": False,
+    }
+
+
+def test_listed_origins_are_matched_exactly_whatever_their_case() -> None:
+    policy = cors_policy(rendering(cors_origins=[PAGE, "http://localhost:3000"]))
+    assert policy is not None
+    assert policy["allow_origin_string_match"] == [
+        {"exact": PAGE, "ignore_case": True},
+        {"exact": "http://localhost:3000", "ignore_case": True},
+    ]
+
+
+def test_no_origins_render_no_cors_filter_and_no_policy() -> None:
+    config = rendering(cors_origins=[])
+    assert CORS_FILTER not in filter_names(config)
+    assert cors_policy(config) is None
+
+
+def test_render_refuses_what_is_not_an_origin() -> None:
+    with pytest.raises(ValueError, match="is not an origin"):
+        rendering(cors_origins=["https://app.example.com/dapp"])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(rendering(cors_origins=[PAGE, "http://127.0.0.1:8000"]), id="grpc-list"),
+        pytest.param(rendering(transport="http", cors_origins=[PAGE]), id="http-list"),
+        pytest.param(rendering(cors_origins=[]), id="off"),
+    ],
+)
+def test_every_cors_rendering_is_accepted_by_envoy_validate(config: dict[str, Any]) -> None:
+    validate(config)
+
+
+def run_envoy_config(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [authz_server_binary(), "envoy-config", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_envoy_config_command_takes_repeated_cors_origins() -> None:
+    result = run_envoy_config("--cors-origin", PAGE, "--cors-origin", "http://localhost:3000")
+    assert result.returncode == 0, result.stderr
+    policy = cors_policy(yaml.safe_load(result.stdout))
+    assert policy is not None
+    assert [m["exact"] for m in policy["allow_origin_string_match"]] == [
+        PAGE,
+        "http://localhost:3000",
+    ]
+
+
+def test_the_envoy_config_command_turns_cors_off_with_none() -> None:
+    result = run_envoy_config("--cors-origin", "none")
+    assert result.returncode == 0, result.stderr
+    assert CORS_FILTER not in result.stdout
+
+
+def test_the_envoy_config_command_refuses_a_bad_origin_in_one_line() -> None:
+    result = run_envoy_config("--cors-origin", "https://app.example.com/dapp")
+    assert result.returncode == 2
+    (error,) = [line for line in result.stderr.splitlines() if "error" in line]
+    assert "is not an origin" in error
+    assert "Traceback" not in result.stderr
+
+
+# --- a real Envoy -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def allowed_origin(self) -> str | None:
+        return self.headers.get("access-control-allow-origin")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def ask(port: int, method: str, path: str, headers: dict[str, str]) -> Answer:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        body = None if method == "OPTIONS" else json.dumps(RPC)
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return Answer(response.status, headers, response.read())
+    finally:
+        connection.close()
+
+
+def call_from(origin: str, token: str | None = None) -> dict[str, str]:
+    """What a page's fetch() sends for a JSON-RPC call."""
+    headers = {"origin": origin, "content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+@dataclass
+class Gateway:
+    node: JsonRpcNode
+    authz: AuthzProcess
+    transport: str
+
+    def envoy(self, origins: list[str], authz_port: int | None = None) -> EnvoyProcess:
+        if authz_port is None:
+            authz_port = self.authz.port_for(self.transport)
+        return EnvoyProcess(
+            render(
+                listen=Endpoint("127.0.0.1", 0),
+                authz=Endpoint("127.0.0.1", authz_port),
+                upstream=Endpoint("127.0.0.1", self.node.port),
+                admin=Endpoint("127.0.0.1", 0),
+                transport=self.transport,
+                authz_timeout_s=0.2,
+                cors_origins=origins,
+            )
+        )
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ec_key: PrivateKey
+) -> Iterator[Gateway]:
+    keys_dir = tmp_path_factory.mktemp("keys")
+    write_key(keys_dir / LOCKED, KID, ec_key)
+    with (
+        JsonRpcNode() as node,
+        AuthzProcess(keys_dir, "--http-listen", "127.0.0.1:0") as authz,
+    ):
+        yield Gateway(node, authz, request.param)
+
+
+@pytest.fixture(scope="module")
+def any_origin(gateway: Gateway) -> Iterator[EnvoyProcess]:
+    with gateway.envoy(["*"]) as envoy:
+        yield envoy
+
+
+@pytest.fixture(scope="module")
+def one_origin(gateway: Gateway) -> Iterator[EnvoyProcess]:
+    with gateway.envoy([PAGE]) as envoy:
+        yield envoy
+
+
+@pytest.mark.parametrize("project", [LOCKED, OPEN])
+def test_envoy_answers_a_preflight_itself_without_a_token(
+    gateway: Gateway, any_origin: EnvoyProcess, project: str
+) -> None:
+    seen_before = len(gateway.node.requests)
+    answer = ask(any_origin.port, "OPTIONS", f"/eth/{project}", preflight_of(PAGE))
+    assert answer.status == 200
+    assert answer.allowed_origin == PAGE
+    assert answer.headers["access-control-allow-methods"] == ALLOWED_METHODS
+    assert answer.headers["access-control-allow-headers"] == ALLOWED_HEADERS
+    assert answer.headers["access-control-max-age"] == MAX_AGE
+    assert len(gateway.node.requests) == seen_before  # the node never saw it
+
+
+def test_a_page_can_read_the_gates_denial(gateway: Gateway, any_origin: EnvoyProcess) -> None:
+    answer = ask(any_origin.port, "POST", f"/eth/{LOCKED}", call_from(PAGE))
+    assert answer.status == 403
+    assert answer.allowed_origin == PAGE
+    assert answer.json() == {"code": -32013, "message": MISSING, "project": LOCKED}
+
+
+def test_a_page_can_read_the_nodes_answer_with_a_token_and_for_an_open_project(
+    gateway: Gateway, any_origin: EnvoyProcess, ec_key: PrivateKey
+) -> None:
+    for project, token in ((LOCKED, mint(ec_key, KID, {})), (OPEN, None)):
+        answer = ask(any_origin.port, "POST", f"/eth/{project}", call_from(PAGE, token))
+        assert answer.status == 200, answer.body
+        assert answer.allowed_origin == PAGE
+        assert "result" in answer.json()
+
+
+def test_a_non_preflight_options_still_needs_a_token(
+    gateway: Gateway, any_origin: EnvoyProcess
+) -> None:
+    seen_before = len(gateway.node.requests)
+    for headers in ({"origin": PAGE}, {}):
+        answer = ask(any_origin.port, "OPTIONS", f"/eth/{LOCKED}", headers)
+        assert answer.status == 403
+        assert answer.json()["message"] == MISSING
+    assert len(gateway.node.requests) == seen_before
+
+
+def test_a_page_can_read_envoys_fail_closed_reply(gateway: Gateway) -> None:
+    # An address nothing listens on: the gate cannot be asked.
+    with JsonRpcNode() as placeholder:
+        dead_port = placeholder.port
+    with gateway.envoy(["*"], authz_port=dead_port) as envoy:
+        answer = ask(envoy.port, "POST", f"/eth/{LOCKED}", call_from(PAGE))
+    assert answer.status == 403
+    assert answer.allowed_origin == PAGE
+    assert answer.json() == {
+        "code": -32013,
+        "message": "authorization service unavailable",
+        "project": LOCKED,
+    }
+
+
+def test_a_listed_origin_gets_the_same_as_under_any_origin(
+    gateway: Gateway, one_origin: EnvoyProcess
+) -> None:
+    preflight = ask(one_origin.port, "OPTIONS", f"/eth/{LOCKED}", preflight_of(PAGE.upper()))
+    assert preflight.status == 200
+    assert preflight.allowed_origin == PAGE.upper()
+    denial = ask(one_origin.port, "POST", f"/eth/{LOCKED}", call_from(PAGE))
+    assert denial.allowed_origin == PAGE
+    assert denial.json()["message"] == MISSING
+
+
+def test_an_origin_not_listed_is_refused_at_the_edge(
+    gateway: Gateway, one_origin: EnvoyProcess
+) -> None:
+    seen_before = len(gateway.node.requests)
+    for project in (LOCKED, OPEN):
+        preflight = ask(one_origin.port, "OPTIONS", f"/eth/{project}", preflight_of(OTHER_PAGE))
+        # Answered by Envoy, without the header a browser needs to go on.
+        assert preflight.allowed_origin is None
+        assert not preflight.body
+        simple = ask(one_origin.port, "POST", f"/eth/{project}", call_from(OTHER_PAGE))
+        assert simple.allowed_origin is None
+    assert len(gateway.node.requests) == seen_before + 1  # only the open project's POST
+
+
+def test_with_cors_off_no_answer_carries_cors_headers(gateway: Gateway) -> None:
+    with gateway.envoy([]) as envoy:
+        for method, project in (("POST", LOCKED), ("POST", OPEN)):
+            answer = ask(envoy.port, method, f"/eth/{project}", call_from(PAGE))
+            assert answer.allowed_origin is None
