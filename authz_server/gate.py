@@ -1,8 +1,9 @@
 """The gate's decision for one request, whatever the transport that asked.
 
 :class:`Gate` holds what every transport shares: the current key snapshot, the cache of
-verified tokens, the metrics and the denial log line. A transport finds the project, the
-``Authorization`` header and the request id in its own wire format, asks
+verified tokens, the metrics and the denial log line. A transport finds the request's
+facts (:class:`~authz_server.facts.RequestFacts`: the project, the ``Authorization``
+header, the request id, the origin, the client address, ...) in its own wire format, asks
 :meth:`Gate.decide`, and encodes the :class:`~authz_server.verifier.Decision` it gets.
 ``decide`` never raises: anything unexpected becomes a denial (the gate fails closed).
 """
@@ -18,6 +19,7 @@ from typing import Final
 
 from .budget import DEFAULT_RATE, FailedCheckBudget
 from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
+from .facts import RequestFacts
 from .keystore import Snapshot
 from .logtext import printable
 from .metrics import CheckMetrics
@@ -38,6 +40,7 @@ __all__ = [
     "JWT_KID_HEADER",
     "EncodedAnswers",
     "Gate",
+    "RequestFacts",
     "denial_body",
     "headers_to_remove",
     "project_from_path",
@@ -125,10 +128,11 @@ class Gate:
             budget=FailedCheckBudget(rate=failed_check_budget) if failed_check_budget else None,
         )
 
-    def decide(self, project: str, authorization: str | None, request_id: str | None) -> Decision:
-        """The decision for a request to ``project`` with this Authorization header (None:
-        none sent). Never raises; ``request_id`` only goes into the denial's log line."""
+    def decide(self, facts: RequestFacts) -> Decision:
+        """The decision for one request. Never raises; the request id only goes into the
+        denial's log line."""
         start = perf_counter()
+        project = facts.project
         denied: Denied
         try:
             decision: Decision
@@ -136,7 +140,7 @@ class Gate:
             if invalid is not None:
                 decision = Denied(invalid)
             else:
-                token = bearer_token(authorization)
+                token = bearer_token(facts.authorization)
                 snapshot = self._snapshot()
                 keys = snapshot.keys_for(project)
                 decision = (
@@ -155,7 +159,7 @@ class Gate:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             self._log_internal_error(project, exc)
             denied = Denied(Reason.INTERNAL_ERROR)
-        self._count_denial(denied, project, request_id)
+        self._count_denial(denied, project, facts.request_id)
         self._observe(perf_counter() - start)
         return denied
 

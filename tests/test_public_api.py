@@ -40,12 +40,13 @@ PUBLIC_NAMES = {
     "authz_server.budget": ["BURST_SECONDS", "DEFAULT_RATE", "FailedCheckBudget"],
     "authz_server.gate": [
         "AUTHZ_PROJECT_HEADER", "EncodedAnswers", "FORGED_ALIASES", "JWT_KID_HEADER", "Gate",
-        "denial_body", "headers_to_remove", "project_from_path",
+        "RequestFacts", "denial_body", "headers_to_remove", "project_from_path",
     ],
     "authz_server.cors": [
         "ALLOW_HEADERS", "ALLOW_METHODS", "ANY_ORIGIN", "MAX_AGE_S", "NO_CORS", "cors_origins",
         "is_preflight", "preflight_headers",
     ],
+    "authz_server.facts": ["RequestFacts", "client_from_forwarded_for"],
     "authz_server.mounts": ["is_mount_point", "missing_mount", "read_mount_points"],
     # Running it.
     "authz_server.config": [

@@ -1,9 +1,10 @@
 """The gRPC face of the gate: ``envoy.service.auth.v3.Authorization/Check`` and health.
 
-A thin encoder: it finds the project, the Authorization header and the request id in
-Envoy's ``CheckRequest``, asks the :class:`~authz_server.gate.Gate`, and turns the decision
-into a ``CheckResponse``. It never raises: anything unexpected becomes a denial (the gate
-fails closed).
+A thin encoder: it finds the request's facts in Envoy's ``CheckRequest`` (the project, the
+headers the gate reads, the method, and the client address from
+``attributes.source.address.socket_address.address``, Envoy's downstream remote address),
+asks the :class:`~authz_server.gate.Gate`, and turns the decision into a ``CheckResponse``.
+It never raises: anything unexpected becomes a denial (the gate fails closed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..gate import (
     JWT_KID_HEADER,
     EncodedAnswers,
     Gate,
+    RequestFacts,
     denial_body,
     headers_to_remove,
     project_from_path,
@@ -134,8 +136,20 @@ class AuthorizationService:
         try:
             attributes = request.attributes
             http = attributes.request.http
+            headers = http.headers
             project = project_of(attributes)
-            decision = self._decide(project, http.headers.get("authorization"), http.id)
+            decision = self._decide(
+                RequestFacts(
+                    project,
+                    headers.get("authorization"),
+                    http.id,
+                    http.method,
+                    headers.get("origin"),
+                    attributes.source.address.socket_address.address or None,
+                    headers.get("access-control-request-method"),
+                    headers.get("access-control-request-headers"),
+                )
+            )
             if isinstance(decision, Allowed):
                 return self._allowed(project, decision.kid)
             return self._denied(decision.reason, project)

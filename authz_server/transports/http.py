@@ -7,6 +7,11 @@ with ``x-jwt-kid`` and ``x-authz-project`` (for ``allowed_upstream_headers``) an
 contract's JSON body. HTTP mode has no ``context_extensions``: the project is always the
 path's last segment.
 
+The client address is the last ``X-Forwarded-For`` entry, the one Envoy appends with
+``use_remote_address: true`` (or the entry ``trusted_proxy_hops`` further left, for
+proxies of the operator's own in front of Envoy): see
+:func:`~authz_server.facts.client_from_forwarded_for`. No other header names it.
+
 The server is a raw :class:`asyncio.Protocol` over httptools (on uvloop when it is
 installed), measured the fastest way to serve this in Python (issue 11). Each request is
 decided as soon as it is complete, in the callback that completed it, so pipelined
@@ -26,6 +31,7 @@ from typing import Final, cast
 import httptools
 
 from ..config import Endpoint
+from ..facts import RequestFacts, client_from_forwarded_for
 from ..gate import (
     AUTHZ_PROJECT_HEADER,
     JWT_KID_HEADER,
@@ -79,17 +85,16 @@ class _Encoder:
         self._allowed = answers.allowed
         self._denied = answers.denied
 
-    def answer(self, path: str, authorization: str | None, request_id: str | None) -> bytes:
+    def answer(self, facts: RequestFacts) -> bytes:
         """The encoded response (keep-alive) to one request; never raises."""
-        project = ""
+        project = facts.project
         try:
-            project = project_from_path(path)
-            decision = self.gate.decide(project, authorization, request_id)
+            decision = self.gate.decide(facts)
             if isinstance(decision, Allowed):
                 return self._allowed(project, decision.kid)
             return self._denied(decision.reason, project)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
-            return self._denied(self.gate.fail(project, exc, request_id).reason, project)
+            return self._denied(self.gate.fail(project, exc, facts.request_id).reason, project)
 
     def _encode_allowed(self, project: str, kid: str | None) -> bytes:
         headers = [(AUTHZ_PROJECT_HEADER, project)]
@@ -114,6 +119,11 @@ def _closing(response: bytes) -> bytes:
     return head + b"\r\nconnection: close\r\n\r\n" + body
 
 
+def _joined(previous: str | None, value: bytes) -> str:
+    text = value.decode("latin-1")
+    return text if previous is None else f"{previous},{text}"
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and writes their answers in order."""
 
@@ -125,6 +135,10 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._authorization: str | None = None
         self._request_id: str | None = None
+        self._origin: str | None = None
+        self._forwarded_for: str | None = None
+        self._cors_method: str | None = None
+        self._cors_headers: str | None = None
         self._head_bytes = 0
         self._head_buffered = 0
         self._completed = 0
@@ -194,6 +208,10 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._authorization = None
         self._request_id = None
+        self._origin = None
+        self._forwarded_for = None
+        self._cors_method = None
+        self._cors_headers = None
         self._in_head = True
         self._head_bytes = 0
         self._head_buffered = 0
@@ -213,16 +231,37 @@ class _Connection(asyncio.Protocol):
                 self._authorization = value.decode("latin-1")
         elif lowered == b"x-request-id":
             self._request_id = value.decode("latin-1")
+        # Repeats of these are joined as Envoy joins them (RFC 9110 section 5.3): an origin
+        # list then matches nothing, and Envoy's own X-Forwarded-For entry stays the last.
+        elif lowered == b"origin":
+            self._origin = _joined(self._origin, value)
+        elif lowered == b"x-forwarded-for":
+            self._forwarded_for = _joined(self._forwarded_for, value)
+        elif lowered == b"access-control-request-method":
+            self._cors_method = _joined(self._cors_method, value)
+        elif lowered == b"access-control-request-headers":
+            self._cors_headers = _joined(self._cors_headers, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
 
     def on_message_complete(self) -> None:
         assert self._transport is not None
-        answer = self._server.encoder.answer(
-            self._url.decode("latin-1"), self._authorization, self._request_id
+        server = self._server
+        method = self._parser.get_method()
+        answer = server.encoder.answer(
+            RequestFacts(
+                project_from_path(self._url.decode("latin-1")),
+                self._authorization,
+                self._request_id,
+                method.decode("latin-1"),
+                self._origin,
+                client_from_forwarded_for(self._forwarded_for, server.trusted_proxy_hops),
+                self._cors_method,
+                self._cors_headers,
+            )
         )
-        if self._parser.get_method() == b"HEAD":
+        if method == b"HEAD":
             answer = _without_body(answer)
         self._completed += 1
         self._request_started = None
@@ -294,18 +333,24 @@ class _Listener:
         encoder: _Encoder,
         request_timeout: float,
         idle_timeout: float,
+        trusted_proxy_hops: int = 0,
     ) -> None:
         self.loop = loop
         self.encoder = encoder
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
+        self.trusted_proxy_hops = trusted_proxy_hops
         self.connections: set[_Connection] = set()
         self.stopping = False
 
 
 class HttpGateServer:
     """Envoy's HTTP ext_authz on one address, on an event loop in a thread of its own,
-    behind the same blocking API as :class:`~authz_server.transports.grpc.GateServer`."""
+    behind the same blocking API as :class:`~authz_server.transports.grpc.GateServer`.
+
+    ``trusted_proxy_hops``: how many proxies of the operator's own stand in front of Envoy
+    (as Envoy's ``xff_num_trusted_hops``); 0, the default, takes the client address from
+    the entry Envoy itself appended to ``X-Forwarded-For``."""
 
     def __init__(
         self,
@@ -315,12 +360,19 @@ class HttpGateServer:
         forward_jwt: bool = False,
         request_timeout: float = REQUEST_TIMEOUT_S,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        trusted_proxy_hops: int = 0,
     ) -> None:
+        if trusted_proxy_hops < 0:
+            raise ValueError("trusted_proxy_hops must be 0 or more")
         self.listen = listen
         endpoint = Endpoint.parse(listen)
         self._loop = new_loop()
         self._shared = _Listener(
-            self._loop, _Encoder(gate, forward_jwt=forward_jwt), request_timeout, idle_timeout
+            self._loop,
+            _Encoder(gate, forward_jwt=forward_jwt),
+            request_timeout,
+            idle_timeout,
+            trusted_proxy_hops,
         )
         self._terminated = threading.Event()
         self._stopped = False

@@ -1,3 +1,4 @@
+from authz_server._proto.envoy.config.core.v3 import address_pb2 as _address_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -7,7 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AttributeContext(_message.Message):
-    __slots__ = ("request", "context_extensions")
+    __slots__ = ("source", "request", "context_extensions")
+    class Peer(_message.Message):
+        __slots__ = ("address",)
+        ADDRESS_FIELD_NUMBER: _ClassVar[int]
+        address: _address_pb2.Address
+        def __init__(self, address: _Optional[_Union[_address_pb2.Address, _Mapping]] = ...) -> None: ...
     class Request(_message.Message):
         __slots__ = ("http",)
         HTTP_FIELD_NUMBER: _ClassVar[int]
@@ -40,8 +46,10 @@ class AttributeContext(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
+    source: AttributeContext.Peer
     request: AttributeContext.Request
     context_extensions: _containers.ScalarMap[str, str]
-    def __init__(self, request: _Optional[_Union[AttributeContext.Request, _Mapping]] = ..., context_extensions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, source: _Optional[_Union[AttributeContext.Peer, _Mapping]] = ..., request: _Optional[_Union[AttributeContext.Request, _Mapping]] = ..., context_extensions: _Optional[_Mapping[str, str]] = ...) -> None: ...
