@@ -4,8 +4,9 @@ A page on another origin that calls a project with ``Authorization: Bearer`` (or
 ``content-type``) first sends a preflight: ``OPTIONS`` with ``Origin`` and
 ``Access-Control-Request-Method``, never with the token. The rendered Envoy configs answer
 it with Envoy's CORS filter, placed before ext_authz; configs without that filter send it
-to the gate, which answers it itself (see :func:`is_preflight`). Both say the same thing:
-these methods, these request headers, this max-age, and the caller's own origin back.
+to the gate, which answers it itself (:class:`Preflight`, 204 with :func:`preflight_headers`)
+so that it never reaches the node and never needs a token. Both say the same thing: these
+methods, these request headers, this max-age, and the caller's own origin back.
 
 Origins are what browsers send: ``scheme://host[:port]``, lower case, no path. An operator's
 list of them (``envoy-config --cors-origin``) is checked here, so that a typo is a one-line
@@ -15,7 +16,8 @@ error rather than a policy that silently matches nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
@@ -24,8 +26,9 @@ __all__ = [
     "ANY_ORIGIN",
     "MAX_AGE_S",
     "NO_CORS",
+    "Preflight",
     "cors_origins",
-    "is_preflight",
+    "is_origin",
     "preflight_headers",
 ]
 
@@ -82,23 +85,24 @@ def cors_origins(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(origins)
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    # Envoy hands the gate lower-case header names (both transports).
-    return headers.get(name, "").strip()
-
-
-def is_preflight(method: str, headers: Mapping[str, str]) -> bool:
-    """A genuine CORS preflight: ``OPTIONS`` with an ``Origin`` a browser could send and an
-    ``Access-Control-Request-Method``. Anything else, ``OPTIONS`` included, is a request like
-    any other (and needs a token where the project has keys)."""
-    if method != "OPTIONS" or not _header(headers, "access-control-request-method"):
+def is_origin(value: str | None) -> bool:
+    """``value`` is an ``Origin`` header a browser could send: an origin, or ``null`` (a
+    sandboxed page, a file). The gate echoes only such a value back to a preflight."""
+    if value is None:
         return False
-    origin = _header(headers, "origin")
-    return origin == "null" or (len(origin) <= _MAX_ORIGIN and _valid_origin(origin.lower()))
+    return value == "null" or (len(value) <= _MAX_ORIGIN and _valid_origin(value.lower()))
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """The gate's own answer to a genuine CORS preflight from ``origin``: 204 with
+    :func:`preflight_headers`, sent back by Envoy; the request goes no further."""
+
+    origin: str
 
 
 def preflight_headers(origin: str) -> tuple[tuple[str, str], ...]:
-    """The answer's headers to a preflight from ``origin`` (an origin :func:`is_preflight`
+    """The answer's headers to a preflight from ``origin`` (an origin :func:`is_origin`
     accepted): the policy above, for that origin only."""
     return (
         ("access-control-allow-origin", origin),

@@ -19,6 +19,7 @@ from typing import Final
 
 from .budget import DEFAULT_RATE, FailedCheckBudget
 from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
+from .cors import Preflight, is_origin
 from .facts import RequestFacts
 from .keystore import Snapshot
 from .logtext import printable
@@ -120,6 +121,7 @@ class Gate:
         self._allowed_valid = self.metrics.allowed_valid
         self._allowed_no_jwt = self.metrics.allowed_no_jwt
         self._denied_counters = self.metrics.denied
+        self._preflights = self.metrics.preflights
         self._observe = self.metrics.duration.observe
         self._clock = clock
         self.verifier = CachingVerifier(
@@ -128,9 +130,16 @@ class Gate:
             budget=FailedCheckBudget(rate=failed_check_budget) if failed_check_budget else None,
         )
 
-    def decide(self, facts: RequestFacts) -> Decision:
+    def decide(self, facts: RequestFacts) -> Decision | Preflight:
         """The decision for one request. Never raises; the request id only goes into the
-        denial's log line."""
+        denial's log line.
+
+        A genuine CORS preflight (``OPTIONS`` with an ``Origin`` a browser could send and an
+        ``Access-Control-Request-Method``) never carries a token, so it is not asked for one:
+        past the checks that need none, the gate answers it itself (:class:`Preflight`) and
+        it never reaches the upstream. Every other request, ``OPTIONS`` included, goes on
+        to the token.
+        """
         start = perf_counter()
         project = facts.project
         denied: Denied
@@ -139,6 +148,10 @@ class Gate:
             invalid = project_id_denial(project)
             if invalid is not None:
                 decision = Denied(invalid)
+            elif facts.is_cors_preflight and is_origin(facts.origin):
+                self._preflights.inc()
+                self._observe(perf_counter() - start)
+                return Preflight(facts.origin or "")
             else:
                 token = bearer_token(facts.authorization)
                 snapshot = self._snapshot()

@@ -63,6 +63,8 @@ ALLOW: Final = "allow"
 DENY: Final = "deny"
 VALID: Final = "valid"  # allowed: a verified token for a project with keys
 NO_JWT: Final = "no_jwt"  # allowed: a project without keys
+PREFLIGHT: Final = "preflight"  # a CORS preflight the gate answered itself
+CORS: Final = "cors"
 
 
 class CheckDurations(Collector):
@@ -108,13 +110,15 @@ class CheckMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.decisions = Counter(
             "authz_decisions",
-            "Check decisions by result and reason (reason: a denial code, 'valid' or 'no_jwt').",
+            "Check decisions by result and reason (reason: a denial code, 'valid' or 'no_jwt'; "
+            "result 'preflight': a CORS preflight the gate answered itself).",
             ["result", "reason"],
             registry=self.registry,
         )
         self.allowed_valid = self.decisions.labels(ALLOW, VALID)
         self.allowed_no_jwt = self.decisions.labels(ALLOW, NO_JWT)
         self.denied = {reason: self.decisions.labels(DENY, reason.code) for reason in Reason}
+        self.preflights = self.decisions.labels(PREFLIGHT, CORS)
         self.duration = CheckDurations()
         self.registry.register(self.duration)
 

@@ -18,11 +18,16 @@ from typing import Any
 import pytest
 import yaml
 
-from authz_server.cors import cors_origins, is_preflight, preflight_headers
+from authz_server._proto.envoy.service.auth.v3 import external_auth_pb2
+from authz_server.cors import cors_origins, is_origin, preflight_headers
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import Endpoint, render, rendered_files
 from authz_server.devtools.envoy_process import EnvoyProcess, validate
+from authz_server.devtools.requests import check_request
+from authz_server.keystore import KeyStore
 from authz_server.tokens import PrivateKey, mint
+from authz_server.transports.grpc import AuthorizationService
+from authz_server.verifier import Policy
 from tests.authz_process import AuthzProcess, authz_server_binary
 from tests.support import MISSING, TRANSPORTS, write_key
 
@@ -90,27 +95,23 @@ def test_none_and_any_stand_alone(words: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "headers", "expected"),
+    ("value", "expected"),
     [
-        pytest.param("OPTIONS", preflight_of(PAGE), True, id="preflight"),
-        pytest.param("OPTIONS", preflight_of("null"), True, id="opaque-origin"),
-        pytest.param("OPTIONS", preflight_of("http://[::1]:8080"), True, id="ipv6-origin"),
-        pytest.param("OPTIONS", {"origin": PAGE}, False, id="no-request-method"),
-        pytest.param("OPTIONS", {"access-control-request-method": "POST"}, False, id="no-origin"),
-        pytest.param("OPTIONS", {}, False, id="bare-options"),
-        pytest.param("POST", preflight_of(PAGE), False, id="post-with-preflight-headers"),
-        pytest.param("options", preflight_of(PAGE), False, id="lower-case-method"),
-        pytest.param(
-            "OPTIONS", preflight_of("https://a.example\r\nx-jwt-kid: forged"), False, id="crlf"
-        ),
-        pytest.param("OPTIONS", preflight_of("https://" + "a" * 600), False, id="huge-origin"),
-        pytest.param("OPTIONS", preflight_of("https://app.example.com/x"), False, id="with-path"),
+        pytest.param(PAGE, True, id="https"),
+        pytest.param("http://localhost:3000", True, id="with-port"),
+        pytest.param("http://[::1]:8080", True, id="ipv6"),
+        pytest.param("https://App.Example.com", True, id="any-case"),
+        pytest.param("null", True, id="opaque"),
+        pytest.param(None, False, id="absent"),
+        pytest.param("", False, id="empty"),
+        pytest.param("https://app.example.com/x", False, id="with-path"),
+        pytest.param("https://a.example\r\nx-jwt-kid: forged", False, id="crlf"),
+        pytest.param("https://a.example, https://b.example", False, id="two-joined"),
+        pytest.param("https://" + "a" * 600 + ".example", False, id="huge"),
     ],
 )
-def test_a_genuine_preflight_is_options_with_an_origin_and_a_request_method(
-    method: str, headers: dict[str, str], expected: bool
-) -> None:
-    assert is_preflight(method, headers) is expected
+def test_only_what_a_browser_could_send_is_an_origin(value: str | None, expected: bool) -> None:
+    assert is_origin(value) is expected
 
 
 def test_a_preflight_answer_allows_only_the_asking_origin() -> None:
@@ -414,3 +415,99 @@ def test_with_cors_off_no_answer_carries_cors_headers(gateway: Gateway) -> None:
         for method, project in (("POST", LOCKED), ("POST", OPEN)):
             answer = ask(envoy.port, method, f"/eth/{project}", call_from(PAGE))
             assert answer.allowed_origin is None
+
+
+# --- the gate, where no CORS filter answers ------------------------------------------------------
+
+
+@pytest.fixture
+def service(keys_dir: Path, ec_key: PrivateKey) -> AuthorizationService:
+    write_key(keys_dir / LOCKED, KID, ec_key)
+    store = KeyStore(keys_dir)
+    store.reload()
+    return AuthorizationService(lambda: store.snapshot, Policy())
+
+
+def preflight_answer(response: external_auth_pb2.CheckResponse) -> dict[str, str]:
+    """The headers of the gate's own 204 answer (failing unless it is one)."""
+    assert response.WhichOneof("http_response") == "denied_response"
+    denied = response.denied_response
+    assert denied.status.code == 204
+    assert denied.body == ""
+    return {option.header.key: option.header.value for option in denied.headers}
+
+
+@pytest.mark.parametrize("project", [LOCKED, OPEN])
+def test_the_gate_answers_a_genuine_preflight_itself_with_204_and_the_policy(
+    service: AuthorizationService, project: str
+) -> None:
+    response = service.check(
+        check_request(f"/eth/{project}", headers=preflight_of(PAGE), method="OPTIONS")
+    )
+    assert preflight_answer(response) == {
+        "access-control-allow-origin": PAGE,
+        "access-control-allow-methods": ALLOWED_METHODS,
+        "access-control-allow-headers": ALLOWED_HEADERS,
+        "access-control-max-age": MAX_AGE,
+        "vary": "origin",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [
+        pytest.param("OPTIONS", {"origin": PAGE}, id="no-request-method"),
+        pytest.param("OPTIONS", {"access-control-request-method": "POST"}, id="no-origin"),
+        pytest.param("OPTIONS", {}, id="bare-options"),
+        pytest.param("OPTIONS", preflight_of(""), id="empty-origin"),
+        pytest.param("OPTIONS", preflight_of(f"{PAGE}/dapp"), id="origin-with-a-path"),
+        pytest.param("POST", preflight_of(PAGE), id="post-with-preflight-headers"),
+        pytest.param("GET", preflight_of(PAGE), id="get-with-preflight-headers"),
+    ],
+)
+def test_anything_less_than_a_genuine_preflight_needs_a_token(
+    service: AuthorizationService, method: str, headers: dict[str, str]
+) -> None:
+    response = service.check(check_request(f"/eth/{LOCKED}", headers=headers, method=method))
+    assert response.denied_response.status.code == 403
+    assert json.loads(response.denied_response.body)["message"] == MISSING
+
+
+def test_a_preflight_for_an_invalid_project_id_is_denied_like_any_request(
+    service: AuthorizationService,
+) -> None:
+    response = service.check(
+        check_request("/eth/not.a.project", headers=preflight_of(PAGE), method="OPTIONS")
+    )
+    assert response.denied_response.status.code == 403
+    assert json.loads(response.denied_response.body)["message"] == "invalid project id"
+
+
+def test_preflights_the_gate_answers_are_counted_apart(service: AuthorizationService) -> None:
+    for _ in range(2):
+        service.check(check_request(f"/eth/{LOCKED}", headers=preflight_of(PAGE), method="OPTIONS"))
+    registry = service.metrics.registry
+    labels = {"result": "preflight", "reason": "cors"}
+    assert registry.get_sample_value("authz_decisions_total", labels) == 2
+    denied = {"result": "deny", "reason": "missing_token"}
+    assert registry.get_sample_value("authz_decisions_total", denied) == 0
+
+
+def test_without_a_cors_filter_the_gate_answers_preflights_through_envoy(
+    gateway: Gateway,
+) -> None:
+    seen_before = len(gateway.node.requests)
+    with gateway.envoy([]) as envoy:
+        for project in (LOCKED, OPEN):
+            answer = ask(envoy.port, "OPTIONS", f"/eth/{project}", preflight_of(PAGE))
+            assert answer.status == 204, answer.body
+            assert answer.allowed_origin == PAGE
+            assert answer.headers["access-control-allow-methods"] == ALLOWED_METHODS
+            assert answer.headers["access-control-allow-headers"] == ALLOWED_HEADERS
+            assert answer.headers["access-control-max-age"] == MAX_AGE
+            assert not answer.body
+        for headers in ({"origin": PAGE}, {"access-control-request-method": "POST"}):
+            answer = ask(envoy.port, "OPTIONS", f"/eth/{LOCKED}", headers)
+            assert answer.status == 403
+            assert answer.json()["message"] == MISSING
+    assert len(gateway.node.requests) == seen_before  # not one of them went upstream

@@ -43,8 +43,8 @@ PUBLIC_NAMES = {
         "RequestFacts", "denial_body", "headers_to_remove", "project_from_path",
     ],
     "authz_server.cors": [
-        "ALLOW_HEADERS", "ALLOW_METHODS", "ANY_ORIGIN", "MAX_AGE_S", "NO_CORS", "cors_origins",
-        "is_preflight", "preflight_headers",
+        "ALLOW_HEADERS", "ALLOW_METHODS", "ANY_ORIGIN", "MAX_AGE_S", "NO_CORS", "Preflight",
+        "cors_origins", "is_origin", "preflight_headers",
     ],
     "authz_server.facts": ["RequestFacts", "client_from_forwarded_for"],
     "authz_server.mounts": ["is_mount_point", "missing_mount", "read_mount_points"],

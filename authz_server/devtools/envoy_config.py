@@ -184,9 +184,24 @@ PROJECT_CONTEXT_KEY: Final = "project"
 TRANSPORTS: Final = ("grpc", "http")
 # HTTP ext_authz: the request headers Envoy passes to the service, and the answer's headers
 # it sets on the upstream request (replacing client copies) or on a denial's response.
-HTTP_ALLOWED_HEADERS: Final = ("authorization", "x-request-id")
+# The CORS ones let the service recognise and answer a preflight when no CORS filter does
+# (``cors_origins=()``), as it does over gRPC.
+HTTP_ALLOWED_HEADERS: Final = (
+    "authorization",
+    "x-request-id",
+    "origin",
+    "access-control-request-method",
+    "access-control-request-headers",
+)
 HTTP_UPSTREAM_HEADERS: Final = ("x-jwt-kid", "x-authz-project")
-HTTP_CLIENT_HEADERS: Final = ("content-type",)
+HTTP_CLIENT_HEADERS: Final = (
+    "content-type",
+    "access-control-allow-origin",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+    "vary",
+)
 # Envoy closes its idle HTTP/1.1 connections to the service well before the service would
 # (authz_server.transports.http.IDLE_TIMEOUT_S, 300 s): no request is ever sent on a
 # connection the service is closing at that instant.

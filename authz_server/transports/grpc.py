@@ -27,6 +27,7 @@ from .._proto.envoy.type.v3 import http_status_pb2
 from ..budget import DEFAULT_RATE
 from ..cache import DEFAULT_MAX_ENTRIES
 from ..config import Endpoint
+from ..cors import Preflight, preflight_headers
 from ..gate import (
     AUTHZ_PROJECT_HEADER,
     JWT_KID_HEADER,
@@ -55,6 +56,7 @@ SERVICE_NAME: Final = "envoy.service.auth.v3.Authorization"
 
 _OK_STATUS: Final = status_pb2.Status(code=code_pb2.OK)
 _FORBIDDEN: Final = http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden)
+_NO_CONTENT: Final = http_status_pb2.HttpStatus(code=http_status_pb2.NoContent)
 
 
 def _set_header(name: str, value: str) -> base_pb2.HeaderValueOption:
@@ -152,6 +154,8 @@ class AuthorizationService:
             )
             if isinstance(decision, Allowed):
                 return self._allowed(project, decision.kid)
+            if isinstance(decision, Preflight):
+                return _encode_preflight(decision.origin)
             return self._denied(decision.reason, project)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc).reason, project)
@@ -188,6 +192,19 @@ class AuthorizationService:
             response_serializer=_already_encoded,
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Check": check})
+
+
+def _encode_preflight(origin: str) -> bytes:
+    """The gate's own answer to a CORS preflight: Envoy's denied path is the one that
+    answers the client without going upstream, with any status (204) and headers. Not
+    kept: origins are the client's to choose, and browsers cache the answer."""
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message="CORS preflight"),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=_NO_CONTENT,
+            headers=[_set_header(name, value) for name, value in preflight_headers(origin)],
+        ),
+    ).SerializeToString()
 
 
 def _already_encoded(response: bytes) -> bytes:

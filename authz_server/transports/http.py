@@ -31,6 +31,7 @@ from typing import Final, cast
 import httptools
 
 from ..config import Endpoint
+from ..cors import Preflight, preflight_headers
 from ..facts import RequestFacts, client_from_forwarded_for
 from ..gate import (
     AUTHZ_PROJECT_HEADER,
@@ -92,6 +93,11 @@ class _Encoder:
             decision = self.gate.decide(facts)
             if isinstance(decision, Allowed):
                 return self._allowed(project, decision.kid)
+            if isinstance(decision, Preflight):
+                # Any status but 200 is answered to the client as it is, headers included
+                # (those of allowed_client_headers); the request goes no further.
+                headers = list(preflight_headers(decision.origin))
+                return _response("204 No Content", headers, b"", close=False)
             return self._denied(decision.reason, project)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc, facts.request_id).reason, project)

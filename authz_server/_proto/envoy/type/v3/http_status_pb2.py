@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65nvoy/type/v3/http_status.proto\x12\renvoy.type.v3\"5\n\nHttpStatus\x12\'\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x19.envoy.type.v3.StatusCode*0\n\nStatusCode\x12\t\n\x05\x45mpty\x10\x00\x12\x07\n\x02OK\x10\xc8\x01\x12\x0e\n\tForbidden\x10\x93\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65nvoy/type/v3/http_status.proto\x12\renvoy.type.v3\"5\n\nHttpStatus\x12\'\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x19.envoy.type.v3.StatusCode*@\n\nStatusCode\x12\t\n\x05\x45mpty\x10\x00\x12\x07\n\x02OK\x10\xc8\x01\x12\x0e\n\tNoContent\x10\xcc\x01\x12\x0e\n\tForbidden\x10\x93\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'envoy.type.v3.http_status_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATUSCODE']._serialized_start=105
-  _globals['_STATUSCODE']._serialized_end=153
+  _globals['_STATUSCODE']._serialized_end=169
   _globals['_HTTPSTATUS']._serialized_start=50
   _globals['_HTTPSTATUS']._serialized_end=103
 # @@protoc_insertion_point(module_scope)

@@ -9,9 +9,11 @@ class StatusCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     Empty: _ClassVar[StatusCode]
     OK: _ClassVar[StatusCode]
+    NoContent: _ClassVar[StatusCode]
     Forbidden: _ClassVar[StatusCode]
 Empty: StatusCode
 OK: StatusCode
+NoContent: StatusCode
 Forbidden: StatusCode
 
 class HttpStatus(_message.Message):
