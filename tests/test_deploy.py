@@ -26,6 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from authz_server.cors import preflight_headers
 from authz_server.devtools.demo_upstream import JsonRpcNode
 from authz_server.devtools.envoy_config import COMPOSE_CONFIG, COMPOSE_HTTP_CONFIG, rendered_files
 from authz_server.keys import parse_public_key
@@ -874,4 +875,9 @@ def test_the_istio_http_provider_asks_the_overlays_http_port_as_the_gate_needs()
     assert re.fullmatch(r"\d+(\.\d+)?(ms|s)", http["timeout"])
     assert {"authorization", "x-request-id"} <= set(http["includeRequestHeadersInCheck"])
     assert http["headersToUpstreamOnAllow"] == ["x-jwt-kid", "x-authz-project"]
-    assert http["headersToDownstreamOnDeny"] == ["content-type"]
+    assert "content-type" in http["headersToDownstreamOnDeny"]
+    # The gate's own answer to a CORS preflight: what it reads, and what it answers with.
+    preflight = {"origin", "access-control-request-method", "access-control-request-headers"}
+    assert preflight <= set(http["includeRequestHeadersInCheck"])
+    answer = {name for name, _ in preflight_headers("https://app.example.com")}
+    assert answer <= set(http["headersToDownstreamOnDeny"])
