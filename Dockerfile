@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # authz-server: the Envoy ext_authz gRPC service, as a small non-root image.
 #
 #   docker build -t authz-server .
@@ -9,6 +7,10 @@
 # Every `serve` option also comes from its AUTHZ_* variable (docker run -e AUTHZ_LEEWAY=5 ...).
 
 # One base for both stages: the venv's interpreter is a symlink into the base's Python.
+# A private registry's copy: `docker build --build-arg PYTHON_IMAGE=registry.example/python:3.12-slim-trixie .`
+# (any Debian-based Python 3.11+ with venv and pip). No `# syntax=` line on purpose: the
+# built-in frontend is enough, and BuildKit would otherwise fetch a frontend image first,
+# which fails on a network that reaches no image registry.
 ARG PYTHON_IMAGE=python:3.12-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS builder

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SETUP := $(VENV)/.setup-done
 
-.PHONY: setup run test lint typecheck unit protos envoy-config bench fuzz clean
+.PHONY: setup run test lint typecheck unit compose-test protos envoy-config bench fuzz clean
 
 $(SETUP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -31,6 +31,11 @@ typecheck: setup
 
 unit: setup
 	$(BIN)/pytest
+
+## compose-test: `docker compose up --build --wait`, the customer flow through its Envoy, then down
+## (base images: PYTHON_IMAGE, ENVOY_IMAGE; `make test` runs it too wherever a Docker daemon answers)
+compose-test: setup
+	$(BIN)/python -m tests.compose_flow
 
 ## protos: regenerate authz_server/_proto from protos/
 protos: setup

@@ -189,3 +189,21 @@ def test_the_module_serves_until_sigterm_and_says_where_it_listens() -> None:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_a_client_resetting_its_connection_leaves_no_traceback(
+    node: JsonRpcNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = node._server
+    assert server is not None
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        server.handle_error(None, ("10.0.0.7", 41000))
+    assert capsys.readouterr().err == ""
+    # Anything else is still a bug worth its traceback.
+    try:
+        raise ValueError("unexpected")
+    except ValueError:
+        server.handle_error(None, ("10.0.0.7", 41000))
+    assert "Traceback" in capsys.readouterr().err

