@@ -5,8 +5,11 @@ Only successes are cached; failures are cheap to recompute and caching them woul
 a flood of garbage evict real entries. An entry remembers the exact key set (the
 snapshot's mapping object) it was verified against: once the project's keys change in
 any way (a key added, replaced or deleted), the mapping is a new object and the entry
-no longer matches, so revocation stays immediate. ``exp`` and ``nbf`` are re-checked on
-every hit; the audience result cannot change, since the policy is fixed per process.
+no longer matches, so revocation stays immediate. An entry also remembers the policy
+object it was verified under (the server's, or a project's settings over it): a project
+whose settings change gets a new policy object, so no entry verified under the old
+settings (audience, lifetime, claims sent upstream) is ever used again. ``exp`` and
+``nbf`` are re-checked on every hit.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ MAX_CACHED_TOKEN_LENGTH: Final = 2048
 @dataclass(frozen=True, slots=True)
 class _Grant:
     keys: Mapping[str, VerifyKey]
+    policy: Policy
     kid: str
     exp: float | None
     nbf: float | None
+    headers: tuple[tuple[str, str], ...]
 
 
 class CachingVerifier:
@@ -67,38 +72,50 @@ class CachingVerifier:
         token: str | None,
         keys: Mapping[str, VerifyKey] | None,
         now: float,
+        policy: Policy | None = None,
     ) -> Decision:
+        """The decision under ``policy`` (None: the server's, :attr:`policy`)."""
+        if policy is None:
+            policy = self.policy
         if keys is None or token is None:
-            return decide(token, keys, self.policy, now)
+            return decide(token, keys, policy, now)
         if self.max_entries <= 0:
-            return self._checked(project, token, keys, now)
+            return self._checked(project, token, keys, now, policy)
         key = (project, token)
         grant = self._entries.get(key)
-        if grant is not None and grant.keys is keys:
+        if grant is not None and grant.keys is keys and grant.policy is policy:
             self.hits += 1
-            reason = check_times(grant.exp, grant.nbf, self.policy, now)
+            reason = check_times(grant.exp, grant.nbf, policy, now)
             if reason is None:
-                return Allowed(grant.kid, grant.exp, grant.nbf)
+                return Allowed(grant.kid, grant.exp, grant.nbf, grant.headers)
             self._forget(key)
             return Denied(reason, grant.kid)
         self.misses += 1
-        decision = self._checked(project, token, keys, now)
+        decision = self._checked(project, token, keys, now, policy)
         if isinstance(decision, Allowed) and len(token) <= MAX_CACHED_TOKEN_LENGTH:
             assert decision.kid is not None  # a project with keys names the key
-            self._remember(key, _Grant(keys, decision.kid, decision.exp, decision.nbf))
+            self._remember(
+                key,
+                _Grant(keys, policy, decision.kid, decision.exp, decision.nbf, decision.headers),
+            )
         elif grant is not None:
             self._forget(key)  # verified against an older key set: drop it
         return decision
 
     def _checked(
-        self, project: str, token: str, keys: Mapping[str, VerifyKey], now: float
+        self,
+        project: str,
+        token: str,
+        keys: Mapping[str, VerifyKey],
+        now: float,
+        policy: Policy,
     ) -> Decision:
         """``decide``, with the project's failed signature checks paid from its budget."""
         budget = self.budget
         if budget is None:
-            return decide(token, keys, self.policy, now)
+            return decide(token, keys, policy, now)
         start = perf_counter()
-        decision = decide(token, keys, self.policy, now, may_verify=budget.allows(project))
+        decision = decide(token, keys, policy, now, may_verify=budget.allows(project))
         if isinstance(decision, Denied) and decision.reason is Reason.BAD_SIGNATURE:
             budget.charge(project, perf_counter() - start)
         return decision

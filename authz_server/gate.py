@@ -21,9 +21,10 @@ from .budget import DEFAULT_RATE, FailedCheckBudget
 from .cache import DEFAULT_MAX_ENTRIES, CachingVerifier
 from .cors import Preflight, is_origin
 from .facts import RequestFacts
-from .keystore import Snapshot
+from .keystore import ProjectKeys, Snapshot
 from .logtext import printable
 from .metrics import CheckMetrics
+from .settings import ProjectSettings
 from .verifier import (
     Allowed,
     Decision,
@@ -55,6 +56,10 @@ log = logging.getLogger("authz_server.service")
 
 # Before the first complete scan of the keys directory, every request is denied.
 _NOT_READY: Final = Denied(Reason.NOT_READY)
+_OPEN: Final = Allowed(kid=None)
+_INVALID_SETTINGS: Final = Denied(Reason.INVALID_SETTINGS)
+# Effective policies kept per settings object (a safety net; one per project in use).
+_MAX_POLICIES: Final = 100_000
 # The longest project text a denial body repeats: no valid id is longer.
 _MAX_SHOWN_PROJECT: Final = 128
 # Cap on each table of encoded answers (a safety net; real sizes are far lower).
@@ -122,6 +127,8 @@ class Gate:
         self._allowed_no_jwt = self.metrics.allowed_no_jwt
         self._denied_counters = self.metrics.denied
         self._preflights = self.metrics.preflights
+        self._would_deny = self.metrics.would_deny
+        self._policies: dict[int, tuple[ProjectSettings, Policy]] = {}
         self._observe = self.metrics.duration.observe
         self._clock = clock
         self.verifier = CachingVerifier(
@@ -148,19 +155,30 @@ class Gate:
             invalid = project_id_denial(project)
             if invalid is not None:
                 decision = Denied(invalid)
-            elif facts.is_cors_preflight and is_origin(facts.origin):
+            elif (
+                facts.is_cors_preflight
+                and is_origin(facts.origin)
+                and self._preflight_allowed(facts)
+            ):
                 self._preflights.inc()
                 self._observe(perf_counter() - start)
                 return Preflight(facts.origin or "")
             else:
-                token = bearer_token(facts.authorization)
                 snapshot = self._snapshot()
-                keys = snapshot.keys_for(project)
-                decision = (
-                    self.verifier.decide(project, token, keys, self._clock())
-                    if snapshot.complete
-                    else _NOT_READY
-                )
+                entry = snapshot.projects.get(project)
+                if not snapshot.complete:
+                    decision = _NOT_READY
+                elif entry is None:
+                    decision = _OPEN
+                elif entry.settings is None:
+                    decision = self.verifier.decide(
+                        project,
+                        bearer_token(facts.authorization),
+                        entry.keys if entry.uses_jwt else None,
+                        self._clock(),
+                    )
+                else:
+                    decision = self._decide_with_settings(facts, entry, entry.settings)
             if isinstance(decision, Allowed):
                 if decision.kid is None:
                     self._allowed_no_jwt.inc()
@@ -175,6 +193,100 @@ class Gate:
         self._count_denial(denied, project, facts.request_id)
         self._observe(perf_counter() - start)
         return denied
+
+    def _preflight_allowed(self, facts: RequestFacts) -> bool:
+        """Whether the project's settings let the gate answer this preflight: a project
+        with an IP or origin allowlist answers only preflights that pass them (the others
+        go on, and are denied as any request from there)."""
+        entry = self._snapshot().projects.get(facts.project)
+        settings = None if entry is None else entry.settings
+        if settings is None or settings.report_only:
+            return True
+        if settings.invalid:
+            return False
+        return settings.request_denial(facts.client_address, facts.origin) is None
+
+    def _decide_with_settings(
+        self, facts: RequestFacts, entry: ProjectKeys, settings: ProjectSettings
+    ) -> Decision:
+        """The gate's order for a project with settings: its settings file loaded, the
+        client's address, its origin, the contract's table, the token's lifetime. In
+        report-only mode every check runs, the first failure is logged and counted as
+        ``would_deny``, and the request passes."""
+        if settings.invalid:
+            return _INVALID_SETTINGS
+        refused = settings.request_denial(facts.client_address, facts.origin)
+        report_only = settings.report_only
+        if refused is not None and not report_only:
+            return Denied(refused)
+        policy = self._policy_for(settings)
+        decision = self.verifier.decide(
+            facts.project,
+            bearer_token(facts.authorization),
+            entry.keys if entry.uses_jwt else None,
+            self._clock(),
+            policy,
+        )
+        if report_only:
+            would = refused or (decision.reason if isinstance(decision, Denied) else None)
+            if would is not None:
+                self._count_would_deny(would, facts)
+                if isinstance(decision, Denied):
+                    decision = _OPEN
+        if settings.claims_to_headers and isinstance(decision, Allowed):
+            return self._with_claim_headers(decision, settings)
+        return decision
+
+    def _policy_for(self, settings: ProjectSettings) -> Policy:
+        """The server's policy with the project's overrides, one object per settings
+        object: the verified-token cache keys its entries on it, so an entry verified
+        under other settings is never used."""
+        kept = self._policies.get(id(settings))
+        if kept is not None and kept[0] is settings:
+            return kept[1]
+        server = self.verifier.policy
+        policy = Policy(
+            leeway=server.leeway if settings.leeway is None else settings.leeway,
+            audience_suffix=(
+                server.audience_suffix
+                if settings.audience_suffix is None
+                else settings.audience_suffix
+            ),
+            max_token_lifetime=settings.max_token_lifetime,
+            claims_to_headers=settings.claims_to_headers,
+        )
+        if len(self._policies) >= _MAX_POLICIES:
+            self._policies.clear()
+        self._policies[id(settings)] = (settings, policy)
+        return policy
+
+    @staticmethod
+    def _with_claim_headers(decision: Allowed, settings: ProjectSettings) -> Allowed:
+        """The claim headers set, and every client copy of them (any spelling) removed."""
+        set_names = {name for name, _value in decision.headers}
+        removed = tuple(
+            alias
+            for name in settings.header_names
+            for alias in (*(() if name in set_names else (name,)), *_aliases(name))
+        )
+        return Allowed(decision.kid, decision.exp, decision.nbf, decision.headers, removed)
+
+    def _count_would_deny(self, reason: Reason, facts: RequestFacts) -> None:
+        self._would_deny[reason].inc()
+        shown_project = printable(facts.project)
+        shown_request_id = printable(facts.request_id or "") or None
+        log.info(
+            "would deny project=%s reason=%s request_id=%s (report only: allowed)",
+            shown_project,
+            reason.code,
+            shown_request_id or "-",
+            extra={
+                "event": "would_deny",
+                "project": shown_project,
+                "reason": reason.code,
+                "request_id": shown_request_id,
+            },
+        )
 
     def fail(self, project: str, exc: Exception, request_id: str | None = None) -> Denied:
         """The denial for an error a transport met around :meth:`decide` (encoding an

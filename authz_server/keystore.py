@@ -17,6 +17,14 @@ Failure rules (docs/contract.md, "Keys directory"):
 
 Refused files are data: :attr:`ProjectKeys.refused` lists each with its reason (for
 ``keys list`` and ``keys check``), and a reload logs one summary line per project.
+
+A project's settings file (``settings.toml``, see settings.py) is read with its keys and
+published in the same snapshot. A file that cannot be used never loosens anything: the
+project keeps the last settings that loaded, with an ERROR line and the reason in
+:attr:`ProjectKeys.settings_refusal`; a project whose file never loaded (at start, or a
+file that appears broken) gets :data:`~authz_server.settings.INVALID_SETTINGS`, which
+denies all of its requests. Deleting the file is deliberate, as deleting a key is: the
+project is back to the defaults.
 """
 
 from __future__ import annotations
@@ -37,6 +45,13 @@ from typing import Any, Final, NamedTuple
 from .keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, is_valid_id, parse_public_key
 from .logtext import printable
 from .mounts import is_mount_point, read_mount_points
+from .settings import (
+    INVALID_SETTINGS,
+    SETTINGS_FILE,
+    ProjectSettings,
+    SettingsRejected,
+    read_settings_file,
+)
 
 __all__ = [
     "MAX_KEYS_PER_PROJECT",
@@ -73,6 +88,8 @@ _LOGGED_FILES_PER_REASON: Final = 3
 
 # (name, st_dev, st_ino, st_size, st_mtime_ns, st_mode); a dangling link is all zeros.
 _FileStat = tuple[str, int, int, int, int, int]
+# The settings file's stat when it cannot be taken (a dangling link, no permission).
+_UNREADABLE: Final[_FileStat] = (SETTINGS_FILE, 0, 0, 0, 0, 0)
 
 
 class Refusal(NamedTuple):
@@ -85,7 +102,7 @@ class Refusal(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ProjectKeys:
-    """The active keys of one project that has at least one key file."""
+    """One project that has key files or a settings file: its active keys and settings."""
 
     keys: Mapping[str, VerifyKey]
     fingerprint: tuple[_FileStat, ...] = field(repr=False)
@@ -95,6 +112,14 @@ class ProjectKeys:
     # The project directory's device when it was a mount point of its own (one volume
     # per project); None for a plain directory.
     mount_device: int | None = field(default=None, repr=False)
+    # The settings in force (None: no settings file), the file's stat when last read, and
+    # why the file as it is now is not in force (None: it is, or there is none).
+    settings: ProjectSettings | None = None
+    settings_stat: _FileStat | None = field(default=None, repr=False)
+    settings_refusal: Refusal | None = field(default=None, repr=False)
+    # Whether requests need a JWT: the project has key files (even if none loads), or
+    # its settings require one.
+    uses_jwt: bool = True
 
 
 @dataclass(slots=True)
@@ -122,7 +147,17 @@ class Snapshot:
     def keys_for(self, project: str) -> Mapping[str, VerifyKey] | None:
         """The project's keys, or None when the project does not use JWT."""
         entry = self.projects.get(project)
-        return None if entry is None else entry.keys
+        return None if entry is None or not entry.uses_jwt else entry.keys
+
+    def settings_for(self, project: str) -> ProjectSettings | None:
+        """The project's settings in force, or None when it has no settings file."""
+        entry = self.projects.get(project)
+        return None if entry is None else entry.settings
+
+    @property
+    def projects_with_keys(self) -> int:
+        """Projects with key files (settings-only projects are not counted)."""
+        return sum(1 for p in self.projects.values() if p.fingerprint)
 
     @property
     def key_count(self) -> int:
@@ -167,6 +202,7 @@ class KeyStore:
         self.reloads_completed = 0
         self.reload_failures = 0
         self.keys_refused = 0
+        self.settings_refused = 0
         self.unmounts_detected = 0
         self._misnamed_projects: set[str] = set()  # project directories refused, by name
         self.last_reload: float | None = None
@@ -317,6 +353,7 @@ class KeyStore:
         try:
             info = os.stat(directory)
             fingerprint = scan_key_files(directory)
+            settings_stat = _settings_stat(directory)
             mount_device = self._mount_device(project, directory, info, scan)
         except (FileNotFoundError, NotADirectoryError):
             self._unmounted_projects.discard(project)
@@ -351,11 +388,13 @@ class KeyStore:
                 printable(directory),
                 extra={"event": "project_remounted", "project": printable(project)},
             )
-        if previous is not None and previous.fingerprint == fingerprint:
+        same_keys = previous is not None and previous.fingerprint == fingerprint
+        same_settings = previous is not None and previous.settings_stat == settings_stat
+        if previous is not None and same_keys and same_settings:
             if previous.mount_device != mount_device:
                 return dataclasses.replace(previous, mount_device=mount_device)
             return previous
-        if not fingerprint:
+        if not fingerprint and settings_stat is None:
             if previous is not None:
                 self.log.info(
                     "project %s: no key files left; project no longer uses JWT",
@@ -363,8 +402,91 @@ class KeyStore:
                     extra={"event": "project_removed", "project": printable(project)},
                 )
             return None
-        keys, refused = self._read_keys(directory, project, fingerprint)
-        return ProjectKeys(keys, fingerprint, refused, mount_device)
+        if previous is not None and same_keys:
+            keys, refused = previous.keys, previous.refused
+        elif fingerprint:
+            keys, refused = self._read_keys(directory, project, fingerprint)
+        else:
+            keys, refused = MappingProxyType({}), ()
+        if previous is not None and same_settings:
+            settings, settings_refusal = previous.settings, previous.settings_refusal
+        else:
+            settings, settings_refusal = self._read_settings(
+                directory, project, settings_stat, previous
+            )
+        if not fingerprint and previous is not None and previous.fingerprint:
+            self.log.info(
+                "project %s: no key files left; %s",
+                printable(project),
+                "its settings require a JWT: every request is denied"
+                if settings is not None and settings.require_jwt
+                else "project no longer uses JWT",
+                extra={"event": "project_keys_removed", "project": printable(project)},
+            )
+        uses_jwt = bool(fingerprint) or (settings is not None and settings.require_jwt)
+        return ProjectKeys(
+            keys,
+            fingerprint,
+            refused,
+            mount_device,
+            settings,
+            settings_stat,
+            settings_refusal,
+            uses_jwt,
+        )
+
+    def _read_settings(
+        self,
+        directory: Path,
+        project: str,
+        settings_stat: _FileStat | None,
+        previous: ProjectKeys | None,
+    ) -> tuple[ProjectSettings | None, Refusal | None]:
+        """The settings now in force, and why the file is not, if it is not."""
+        last = None if previous is None else previous.settings
+        if settings_stat is None:
+            if last is not None:
+                self.log.info(
+                    "project %s: settings file removed; the defaults apply",
+                    printable(project),
+                    extra={"event": "settings_removed", "project": printable(project)},
+                )
+            return None, None
+        path = directory / SETTINGS_FILE
+        try:
+            if settings_stat is _UNREADABLE or settings_stat == _UNREADABLE:
+                raise SettingsRejected(
+                    "unresolvable_link", "cannot be resolved (a dangling or unreachable link)"
+                )
+            settings = read_settings_file(path)
+        except FileNotFoundError:  # gone since the stat: the next event reads the change
+            settings_error = Refusal(SETTINGS_FILE, "removed while being read", "cannot_open")
+            return (last if last is not None else INVALID_SETTINGS), settings_error
+        except SettingsRejected as exc:
+            kept = last if last is not None else INVALID_SETTINGS
+            self.settings_refused += 1
+            self.log.error(
+                "project %s: settings file %s refused: %s; %s",
+                printable(project),
+                printable(path),
+                printable(exc.reason),
+                "every request of the project is denied (invalid project settings)"
+                if kept.invalid
+                else "keeping the last settings that loaded",
+                extra={
+                    "event": "settings_refused",
+                    "project": printable(project),
+                    "reason": exc.code,
+                },
+            )
+            return kept, Refusal(SETTINGS_FILE, exc.reason, exc.code)
+        self.log.info(
+            "project %s: settings loaded%s",
+            printable(project),
+            " (report only)" if settings.report_only else "",
+            extra={"event": "settings_loaded", "project": printable(project)},
+        )
+        return settings, None
 
     def _mount_device(
         self, project: str, directory: Path, info: os.stat_result, scan: _Scan
@@ -586,6 +708,24 @@ def scan_projects(keys_dir: Path, known: Iterable[str] = ()) -> tuple[set[str], 
                 if entry.name in known:
                     names.add(entry.name)
     return names, misnamed
+
+
+def _settings_stat(directory: Path) -> _FileStat | None:
+    """The settings file's stat (links followed); None when there is no such entry, and
+    :data:`_UNREADABLE` when there is one whose stat fails (a storage fault, never "no
+    settings")."""
+    path = directory / SETTINGS_FILE
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return _UNREADABLE  # a dangling link
+    except OSError:
+        return _UNREADABLE
+    return (SETTINGS_FILE, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
 
 
 def scan_key_files(directory: Path) -> tuple[_FileStat, ...]:

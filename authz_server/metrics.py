@@ -119,6 +119,15 @@ class CheckMetrics:
         self.allowed_no_jwt = self.decisions.labels(ALLOW, NO_JWT)
         self.denied = {reason: self.decisions.labels(DENY, reason.code) for reason in Reason}
         self.preflights = self.decisions.labels(PREFLIGHT, CORS)
+        # Report-only projects (settings.toml): the requests their settings would deny,
+        # which passed; not counted in authz_decisions' denials.
+        self.would_deny_counter = Counter(
+            "authz_would_deny",
+            "Requests of report-only projects that their settings would deny, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.would_deny = {reason: self.would_deny_counter.labels(reason.code) for reason in Reason}
         self.duration = CheckDurations()
         self.registry.register(self.duration)
 
@@ -157,7 +166,7 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "authz_projects_with_keys",
             "Projects with key files (JWT required).",
-            len(snapshot.projects),
+            snapshot.projects_with_keys,
         )
         yield CounterMetricFamily(
             "authz_keys_refused",

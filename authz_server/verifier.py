@@ -63,6 +63,13 @@ class Reason(enum.Enum):
     # Not a row either: the project's budget for failed signature checks is spent (see
     # budget.py); its token was not judged, and may be retried.
     THROTTLED = "authorization throttled (too many invalid signatures for this project)"
+    # A project's own settings (settings.py), in the gate's order: the settings file never
+    # loaded, then the client's address, its origin, and after the table the token's
+    # lifetime.
+    INVALID_SETTINGS = "invalid project settings"
+    IP_NOT_ALLOWED = "ip address not allowed"
+    ORIGIN_NOT_ALLOWED = "origin not allowed"
+    LIFETIME_TOO_LONG = "invalid JWT token (token lifetime too long)"
 
     @property
     def message(self) -> str:
@@ -91,10 +98,19 @@ TABLE_REASONS: Final[tuple[Reason, ...]] = (
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Operator settings that shape the claim checks."""
+    """Operator settings that shape the claim checks: the server's, or a project's
+    (its settings over the server's).
+
+    ``max_token_lifetime``: tokens must carry ``exp`` and ``exp - iat`` (``iat`` missing
+    or later than now: ``exp - now``) must not exceed it. ``claims_to_headers``: (claim,
+    header) pairs; an allowed token's string claims come back in
+    :attr:`Allowed.headers`.
+    """
 
     leeway: float = 0.0
     audience_suffix: str = ""  # empty: ``aud`` is not checked
+    max_token_lifetime: float | None = None
+    claims_to_headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.leeway) and self.leeway >= 0):
@@ -112,6 +128,11 @@ class Allowed:
     kid: str | None
     exp: float | None = field(default=None, compare=False)
     nbf: float | None = field(default=None, compare=False)
+    # (header, value) for the policy's claims_to_headers whose claim is a string here,
+    # and the headers (claim headers not set, their other spellings) whose client copies
+    # must not reach the upstream; both set by the gate for a project's settings.
+    headers: tuple[tuple[str, str], ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +217,40 @@ def decide(
     reason = check_claims(claims, policy, now)
     if reason is not None:
         return Denied(reason, kid)
+    if policy.max_token_lifetime is not None and not _lifetime_ok(claims, policy, now):
+        return Denied(Reason.LIFETIME_TOO_LONG, kid)
+    if policy.claims_to_headers:
+        return Allowed(kid, claims.get("exp"), claims.get("nbf"), _claim_headers(claims, policy))
     return Allowed(kid, claims.get("exp"), claims.get("nbf"))
+
+
+def _lifetime_ok(claims: Mapping[str, Any], policy: Policy, now: float) -> bool:
+    """``exp`` present and ``exp - min(iat, now)`` within the limit. An ``iat`` that is no
+    number counts as missing; one in the future as now, or a token minted "later" could
+    live longer than the limit from now."""
+    exp = claims.get("exp")
+    if exp is None or policy.max_token_lifetime is None:
+        return exp is not None
+    iat = claims.get("iat")
+    # Numbers only (bool is an int subclass); JSON floats are finite (the decoder's hook).
+    start = now
+    if isinstance(iat, int | float) and not isinstance(iat, bool):
+        start = min(iat, now)
+    return bool(exp - start <= policy.max_token_lifetime)
+
+
+# A claim goes upstream only as a short single-line header value.
+_HEADER_VALUE: Final = re.compile(r"[\x20-\x7e]{1,1024}")
+
+
+def _claim_headers(claims: Mapping[str, Any], policy: Policy) -> tuple[tuple[str, str], ...]:
+    """(header, value) for each configured claim that is a printable ASCII string."""
+    headers = []
+    for claim, header in policy.claims_to_headers:
+        value = claims.get(claim)
+        if isinstance(value, str) and _HEADER_VALUE.fullmatch(value):
+            headers.append((header, value))
+    return tuple(headers)
 
 
 def check_times(exp: float | None, nbf: float | None, policy: Policy, now: float) -> Reason | None:

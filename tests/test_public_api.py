@@ -47,6 +47,11 @@ PUBLIC_NAMES = {
         "cors_origins", "is_origin", "preflight_headers",
     ],
     "authz_server.facts": ["RequestFacts", "client_from_forwarded_for"],
+    "authz_server.settings": [
+        "INVALID_SETTINGS", "MAX_SETTINGS_BYTES", "NO_SETTINGS", "RESERVED_HEADERS",
+        "SETTINGS_FILE", "ProjectSettings", "SettingsRejected", "client_ip", "parse_duration",
+        "parse_settings", "read_settings_file", "render_settings",
+    ],
     "authz_server.mounts": ["is_mount_point", "missing_mount", "read_mount_points"],
     # Running it.
     "authz_server.config": [

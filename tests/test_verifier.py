@@ -56,12 +56,21 @@ def test_every_reason_carries_the_contracts_exact_message() -> None:
     }
 
 
-def test_the_service_adds_three_reasons_of_its_own_to_the_table() -> None:
+def test_the_service_adds_three_reasons_and_the_project_settings_four_to_the_table() -> None:
     assert set(Reason) - set(TABLE_REASONS) == {
         Reason.INTERNAL_ERROR,
         Reason.NOT_READY,
         Reason.THROTTLED,
+        Reason.INVALID_SETTINGS,
+        Reason.IP_NOT_ALLOWED,
+        Reason.ORIGIN_NOT_ALLOWED,
+        Reason.LIFETIME_TOO_LONG,
     }
+    # The issue's exact messages (issue 14), spelled out here.
+    assert Reason.INVALID_SETTINGS.message == "invalid project settings"
+    assert Reason.IP_NOT_ALLOWED.message == "ip address not allowed"
+    assert Reason.ORIGIN_NOT_ALLOWED.message == "origin not allowed"
+    assert Reason.LIFETIME_TOO_LONG.message == "invalid JWT token (token lifetime too long)"
     assert list(Reason)[: len(TABLE_REASONS)] == list(TABLE_REASONS)  # the table's order
 
 

@@ -153,6 +153,10 @@ class AuthorizationService:
                 )
             )
             if isinstance(decision, Allowed):
+                if decision.headers or decision.removed:  # a project's claim headers
+                    return self._encode_allowed(
+                        project, decision.kid, decision.headers, decision.removed
+                    )
                 return self._allowed(project, decision.kid)
             if isinstance(decision, Preflight):
                 return _encode_preflight(decision.origin)
@@ -160,17 +164,26 @@ class AuthorizationService:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc).reason, project)
 
-    def _encode_allowed(self, project: str, kid: str | None) -> bytes:
+    def _encode_allowed(
+        self,
+        project: str,
+        kid: str | None,
+        extra: tuple[tuple[str, str], ...] = (),
+        removed: tuple[str, ...] = (),
+    ) -> bytes:
         """The upstream learns the project the gate decided on, and the key that signed;
-        ``kid`` is None for a project without keys."""
+        ``kid`` is None for a project without keys. ``extra`` headers (a project's claim
+        headers) replace client copies; ``removed`` are removed too."""
         headers = [_set_header(AUTHZ_PROJECT_HEADER, project)]
         if kid is not None:
             headers.append(_set_header(JWT_KID_HEADER, kid))
+        headers += [_set_header(name, value) for name, value in extra]
+        to_remove = self._remove_on_open if kid is None else self._remove_on_allow
         return external_auth_pb2.CheckResponse(
             status=_OK_STATUS,
             ok_response=external_auth_pb2.OkHttpResponse(
                 headers=headers,
-                headers_to_remove=self._remove_on_open if kid is None else self._remove_on_allow,
+                headers_to_remove=(*to_remove, *removed),
             ),
         ).SerializeToString()
 

@@ -92,6 +92,10 @@ class _Encoder:
         try:
             decision = self.gate.decide(facts)
             if isinstance(decision, Allowed):
+                if decision.headers or decision.removed:  # a project's claim headers
+                    return self._encode_allowed(
+                        project, decision.kid, decision.headers, decision.removed
+                    )
                 return self._allowed(project, decision.kid)
             if isinstance(decision, Preflight):
                 # Any status but 200 is answered to the client as it is, headers included
@@ -102,12 +106,23 @@ class _Encoder:
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc, facts.request_id).reason, project)
 
-    def _encode_allowed(self, project: str, kid: str | None) -> bytes:
+    def _encode_allowed(
+        self,
+        project: str,
+        kid: str | None,
+        extra: tuple[tuple[str, str], ...] = (),
+        removed: tuple[str, ...] = (),
+    ) -> bytes:
+        """``extra`` (a project's claim headers, ``x-jwt-*``) reach the upstream through
+        the rendered ``allowed_upstream_headers``, which replace client copies."""
         headers = [(AUTHZ_PROJECT_HEADER, project)]
         if kid is not None:
             headers.append((JWT_KID_HEADER, kid))
-        removed = self._remove_on_open if kid is None else self._remove_on_allow
-        headers.append(("x-envoy-auth-headers-to-remove", removed))
+        headers += extra
+        to_remove = self._remove_on_open if kid is None else self._remove_on_allow
+        if removed:
+            to_remove = ", ".join((to_remove, *removed))
+        headers.append(("x-envoy-auth-headers-to-remove", to_remove))
         return _response("200 OK", headers, b"", close=False)
 
     def _encode_denied(self, reason: Reason, project: str) -> bytes:

@@ -1,0 +1,412 @@
+"""A project's security settings: ``KEYS_DIR/<project>/settings.toml``, beside its keys.
+
+:func:`parse_settings` turns the file's bytes into a frozen :class:`ProjectSettings`, or
+raises :class:`SettingsRejected` with a short code and a one-line reason (the same data
+``project show``, the logs and the key store report). Nothing here does I/O but
+:func:`read_settings_file`; matching a request against the settings
+(:meth:`ProjectSettings.request_denial`) is pure.
+
+The file (every key optional; a key not listed here is an error, never ignored)::
+
+    require_jwt = true                  # deny without a valid JWT, even with no keys
+    allowed_origins = ["https://app.example.com", "https://*.example.com"]
+    allow_missing_origin = false        # with allowed_origins: requests without Origin
+    allowed_ips = ["203.0.113.0/24", "2001:db8::/32"]
+    max_token_lifetime = "1h"           # exp - (iat, else now) at most this; exp required
+    audience_suffix = "rpc.example.com" # overrides --audience-suffix ("" turns it off)
+    leeway = "30s"                      # overrides --leeway
+    report_only = false                 # log and count would-be denials, deny nothing
+
+    [claims_to_headers]                 # string claims sent upstream, names x-jwt-*
+    sub = "x-jwt-sub"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeAlias
+
+from .verifier import Reason
+
+__all__ = [
+    "INVALID_SETTINGS",
+    "MAX_SETTINGS_BYTES",
+    "NO_SETTINGS",
+    "RESERVED_HEADERS",
+    "SETTINGS_FILE",
+    "ProjectSettings",
+    "SettingsRejected",
+    "client_ip",
+    "parse_duration",
+    "parse_settings",
+    "read_settings_file",
+    "render_settings",
+]
+
+SETTINGS_FILE: Final = "settings.toml"
+MAX_SETTINGS_BYTES: Final = 64 * 1024
+# Bounds that keep a hand-edited file from turning the request path into a long scan.
+MAX_LIST_ENTRIES: Final = 1000
+MAX_CLAIM_HEADERS: Final = 20
+# Headers of the gate's own, or that Envoy or an upstream read as the request's framing:
+# no claim may be sent upstream under these names.
+RESERVED_HEADERS: Final = frozenset({"x-jwt-kid", "x-authz-project"})
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION: Final = re.compile(r"(\d{1,9})([smhd])")
+# An origin as browsers serialize it (RFC 6454 section 6.1): lowercase scheme and host,
+# no path, and the port only when it is not the scheme's default.
+_LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST: Final = rf"{_LABEL}(?:\.{_LABEL})*"
+_ORIGIN: Final = re.compile(rf"(https?)://({_HOST}|\[[0-9a-f:.]+\])(?::(\d{{1,5}}))?")
+_WILDCARD: Final = re.compile(rf"(https?)://\*\.({_HOST})(?::(\d{{1,5}}))?")
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_CLAIM_HEADER: Final = re.compile(r"x-jwt-[a-z0-9]+(?:-[a-z0-9]+)*")
+_KEYS: Final = (
+    "require_jwt",
+    "allowed_origins",
+    "allow_missing_origin",
+    "allowed_ips",
+    "max_token_lifetime",
+    "audience_suffix",
+    "leeway",
+    "claims_to_headers",
+    "report_only",
+)
+
+
+class SettingsRejected(ValueError):
+    """A settings file that cannot be used: ``code`` is short and stable (for logs and
+    metrics), ``reason`` one line for people."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSettings:
+    """One project's settings. The defaults change nothing: a project without a settings
+    file behaves as the contract says. ``None`` means "not set" (the server-wide value,
+    or no check); an empty tuple of origins or addresses allows none.
+
+    ``invalid`` marks the stand-in for a project whose file never parsed: every request
+    of the project is denied with ``invalid project settings``.
+    """
+
+    require_jwt: bool = False
+    allowed_origins: tuple[str, ...] | None = None
+    allow_missing_origin: bool = False
+    allowed_ips: tuple[IPNetwork, ...] | None = None
+    max_token_lifetime: float | None = None
+    audience_suffix: str | None = None
+    leeway: float | None = None
+    claims_to_headers: tuple[tuple[str, str], ...] = ()
+    report_only: bool = False
+    invalid: bool = field(default=False, repr=False)
+    # allowed_origins split for matching: a client's "Origin: https://*.example.com" must
+    # never equal the wildcard entry.
+    _exact_origins: frozenset[str] = field(init=False, repr=False, compare=False)
+    _wildcards: tuple[tuple[str, str, str | None], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        exact: set[str] = set()
+        wildcards: list[tuple[str, str, str | None]] = []
+        for entry in self.allowed_origins or ():
+            wildcard = _WILDCARD.fullmatch(entry)
+            if wildcard is None:
+                exact.add(entry)
+            else:
+                scheme, domain, port = wildcard.groups()
+                wildcards.append((scheme, "." + domain, port))
+        object.__setattr__(self, "_exact_origins", frozenset(exact))
+        object.__setattr__(self, "_wildcards", tuple(wildcards))
+
+    def request_denial(self, client_address: str | None, origin: str | None) -> Reason | None:
+        """The IP allowlist, then the origin allowlist; the first that fails, or None."""
+        allowed_ips = self.allowed_ips
+        if allowed_ips is not None:
+            address = client_ip(client_address)
+            if address is None or not any(address in network for network in allowed_ips):
+                return Reason.IP_NOT_ALLOWED
+        allowed_origins = self.allowed_origins
+        if allowed_origins is not None:
+            if origin is None:
+                if not self.allow_missing_origin:
+                    return Reason.ORIGIN_NOT_ALLOWED
+            elif not self.origin_allowed(origin):
+                return Reason.ORIGIN_NOT_ALLOWED
+        return None
+
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether ``origin`` (the header as sent) is listed, exactly or under a wildcard.
+
+        Compared as browsers serialize origins: a spelling no browser sends (uppercase, a
+        default port, a trailing slash, a path) matches nothing. ``null`` (sandboxed
+        frames, ``file:`` pages, some redirects) matches only when ``"null"`` is listed.
+        """
+        if origin in self._exact_origins:
+            return True
+        if not self._wildcards:
+            return False
+        match = _ORIGIN.fullmatch(origin)
+        if match is None:
+            return False
+        scheme, host, port = match.groups()
+        if port is not None and int(port) == _DEFAULT_PORTS[scheme]:
+            return False
+        return any(
+            w_scheme == scheme and w_port == port and host.endswith(w_domain)
+            for w_scheme, w_domain, w_port in self._wildcards
+        )
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        """The upstream headers the claims go in (removed when a claim is absent)."""
+        return tuple(header for _claim, header in self.claims_to_headers)
+
+
+NO_SETTINGS: Final = ProjectSettings()
+INVALID_SETTINGS: Final = ProjectSettings(invalid=True)
+
+
+def client_ip(text: str | None) -> IPAddress | None:
+    """The address in ``text``, an IPv4-mapped IPv6 address as the IPv4 one it maps
+    (``::ffff:203.0.113.7`` is ``203.0.113.7``, so an IPv4 allowlist judges it); None
+    for anything that is no address."""
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def parse_duration(value: object, name: str) -> float:
+    """Seconds from a TOML value: a whole number of seconds, or ``"30s"``, ``"10m"``,
+    ``"1h"``, ``"2d"``."""
+    if isinstance(value, bool):
+        raise SettingsRejected("wrong_type", f'{name}: a duration like "1h", not a boolean')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            raise SettingsRejected(
+                "bad_value", f"{name}: {value!r} is not a duration (30s, 10m, 1h, 2d)"
+            )
+        seconds = float(int(match.group(1)) * _UNITS[match.group(2)])
+    else:
+        raise SettingsRejected("wrong_type", f'{name}: a duration like "1h" or seconds')
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise SettingsRejected("bad_value", f"{name}: must be a finite number of seconds >= 0")
+    return seconds
+
+
+def _bool(table: Mapping[str, Any], name: str) -> bool:
+    value = table.get(name, False)
+    if not isinstance(value, bool):
+        raise SettingsRejected("wrong_type", f"{name}: true or false, not {_kind(value)}")
+    return value
+
+
+def _string_list(table: Mapping[str, Any], name: str) -> list[str] | None:
+    if name not in table:
+        return None
+    value = table[name]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SettingsRejected("wrong_type", f"{name}: a list of strings, not {_kind(value)}")
+    if len(value) > MAX_LIST_ENTRIES:
+        raise SettingsRejected("bad_value", f"{name}: more than {MAX_LIST_ENTRIES} entries")
+    return value
+
+
+def _origin_entry(entry: str) -> str:
+    """An allowed origin as browsers would send it (lowercase; no default port)."""
+    if entry == "null":
+        return entry
+    lowered = entry.strip().lower()
+    match = _WILDCARD.fullmatch(lowered) or _ORIGIN.fullmatch(lowered)
+    if match is None:
+        raise SettingsRejected(
+            "bad_value",
+            f"allowed_origins: {entry!r} is not an origin (scheme://host[:port], no path; "
+            "a wildcard as https://*.example.com)",
+        )
+    scheme, _host, port = match.groups()
+    if port is not None and not 0 < int(port) < 65536:
+        raise SettingsRejected("bad_value", f"allowed_origins: {entry!r} has no valid port")
+    if port is not None and int(port) == _DEFAULT_PORTS[scheme]:
+        lowered = lowered[: -len(port) - 1]
+    return lowered
+
+
+def _network(entry: str) -> IPNetwork:
+    try:
+        network = ipaddress.ip_network(entry.strip(), strict=True)
+    except ValueError as exc:
+        raise SettingsRejected("bad_value", f"allowed_ips: {entry!r}: {exc}") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(
+        ipaddress.IPv6Network("::ffff:0:0/96")
+    ):
+        raise SettingsRejected(
+            "bad_value",
+            f"allowed_ips: {entry!r} is IPv4-mapped; write the IPv4 form "
+            "(mapped client addresses are judged as IPv4)",
+        )
+    return network
+
+
+def _claims_to_headers(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise SettingsRejected(
+            "wrong_type", f'claims_to_headers: a table of claim = "x-jwt-...", not {_kind(value)}'
+        )
+    if len(value) > MAX_CLAIM_HEADERS:
+        raise SettingsRejected("bad_value", f"claims_to_headers: more than {MAX_CLAIM_HEADERS}")
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for claim, header in value.items():
+        if not isinstance(header, str):
+            raise SettingsRejected(
+                "wrong_type", f"claims_to_headers.{claim}: a header name, not {_kind(header)}"
+            )
+        name = header.lower()
+        if _CLAIM_HEADER.fullmatch(name) is None or name in RESERVED_HEADERS:
+            raise SettingsRejected(
+                "bad_value",
+                f"claims_to_headers.{claim}: {header!r} is not a header name of the form "
+                "x-jwt-<name> (x-jwt-kid is the gate's own)",
+            )
+        if name in seen:
+            raise SettingsRejected("bad_value", f"claims_to_headers: {header!r} used twice")
+        seen.add(name)
+        pairs.append((claim, name))
+    return tuple(pairs)
+
+
+def _kind(value: object) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    kinds |= {list: "a list", dict: "a table"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def parse_settings(data: bytes) -> ProjectSettings:
+    """The settings in a file's bytes; :class:`SettingsRejected` says why they cannot be."""
+    if len(data) > MAX_SETTINGS_BYTES:
+        raise SettingsRejected("too_large", f"larger than {MAX_SETTINGS_BYTES} bytes")
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsRejected("not_toml", "not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsRejected("not_toml", f"not valid TOML: {exc}") from None
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise SettingsRejected(
+            "unknown_key",
+            f"unknown setting {unknown[0]!r} (known: {', '.join(_KEYS)})",
+        )
+    origins = _string_list(table, "allowed_origins")
+    ips = _string_list(table, "allowed_ips")
+    audience = table.get("audience_suffix")
+    if audience is not None and not isinstance(audience, str):
+        raise SettingsRejected("wrong_type", f"audience_suffix: a string, not {_kind(audience)}")
+    lifetime = table.get("max_token_lifetime")
+    max_lifetime = None if lifetime is None else parse_duration(lifetime, "max_token_lifetime")
+    if max_lifetime == 0:
+        raise SettingsRejected("bad_value", "max_token_lifetime: must be more than 0 s")
+    leeway = table.get("leeway")
+    return ProjectSettings(
+        require_jwt=_bool(table, "require_jwt"),
+        allowed_origins=None if origins is None else tuple(_origin_entry(o) for o in origins),
+        allow_missing_origin=_bool(table, "allow_missing_origin"),
+        allowed_ips=None if ips is None else tuple(_network(entry) for entry in ips),
+        max_token_lifetime=max_lifetime,
+        audience_suffix=audience,
+        leeway=None if leeway is None else parse_duration(leeway, "leeway"),
+        claims_to_headers=_claims_to_headers(table.get("claims_to_headers", {})),
+        report_only=_bool(table, "report_only"),
+    )
+
+
+def read_settings_file(path: Path) -> ProjectSettings:
+    """The settings in ``path`` (links followed); :class:`SettingsRejected` for a file
+    that cannot be read or used. :class:`FileNotFoundError` when there is none."""
+    try:
+        # O_NONBLOCK: a FIFO put in its place must never hang the reload.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SettingsRejected("cannot_open", f"cannot open ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SettingsRejected("not_regular_file", "not a regular file")
+        chunks: list[bytes] = []
+        remaining = MAX_SETTINGS_BYTES + 1
+        while remaining > 0 and (chunk := os.read(fd, remaining)):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise SettingsRejected("cannot_read", f"cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    return parse_settings(b"".join(chunks))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(int(value)) if float(value).is_integer() else repr(float(value))
+    if isinstance(value, str):
+        # JSON's string escapes are TOML's basic-string escapes (\uXXXX included).
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def render_settings(values: Mapping[str, object]) -> str:
+    """A settings file holding ``values`` (the keys of the file; tables last), parsed back
+    by :func:`parse_settings` before it is returned, so what is written always loads."""
+    lines: list[str] = []
+    tables: list[str] = []
+    for key in _KEYS:
+        if key not in values:
+            continue
+        value = values[key]
+        if isinstance(value, Mapping):
+            tables.append(f"\n[{key}]")
+            tables += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    unknown = sorted(set(values) - set(_KEYS))
+    if unknown:
+        raise SettingsRejected("unknown_key", f"unknown setting {unknown[0]!r}")
+    text = "\n".join(lines + tables).strip() + "\n"
+    parse_settings(text.encode())
+    return text
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
