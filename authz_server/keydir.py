@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import secrets
+import shlex
 import stat
 import sys
 import uuid
@@ -80,17 +81,27 @@ class KeyRow:
         return None if self.key is None else thumbprint(self.key.public_key)
 
 
+_ID_ALPHABET: Final = "1 to 128 of A-Z a-z 0-9 _ -"
+
+
 def require_project_id(project: str) -> str:
     """A project id as the contract defines it (the gate denies any other)."""
     if not is_valid_id(project):
-        raise KeyDirError(f"invalid project id {project!r} (1 to 128 of A-Z a-z 0-9 _ -)")
+        raise KeyDirError(f"invalid project id {project!r} ({_ID_ALPHABET})")
     return project
 
 
 def require_key_id(kid: str) -> str:
-    if not kid or "/" in kid or "\0" in kid or kid.startswith("."):
-        raise KeyDirError(f"invalid key id {kid!r}")
+    """A key id as the contract defines it: the loader refuses a key file of any other
+    name, so no tool creates, names or signs for one (``rm`` removes a stray file)."""
+    if not is_valid_id(kid):
+        raise KeyDirError(f"invalid key id {kid!r} ({_ID_ALPHABET})")
     return kid
+
+
+def _quoted(path: Path) -> str:
+    """A path as a shell would need it in a command to copy."""
+    return shlex.quote(str(path))
 
 
 def project_names(keys_dir: Path) -> list[str]:
@@ -114,7 +125,8 @@ def add_key(
         if len(existing) >= MAX_KEYS_PER_PROJECT:
             raise KeyDirError(
                 f"project {project} already has {len(existing)} keys, the most a project "
-                f"may have ({MAX_KEYS_PER_PROJECT}): remove one first (keys remove)"
+                f"may have ({MAX_KEYS_PER_PROJECT}): remove one first (authz-server keys "
+                f"remove --keys-dir {_quoted(keys_dir)} --project {project} ID)"
             )
         new_print = thumbprint(key.public_key)
         for other in existing.values():
@@ -138,7 +150,8 @@ def remove_key(keys_dir: Path, project: str, kid: str) -> int:
     """Delete a key and its sidecar; return how many key files the project has left."""
     directory = keys_dir / project
     unknown = KeyDirError(
-        f"project {project} has no key {kid} (see: authz-server keys list --project {project})"
+        f"project {project} has no key {kid} (see: authz-server keys list "
+        f"--keys-dir {_quoted(keys_dir)} --project {project})"
     )
     if not directory.is_dir():
         raise unknown

@@ -1,4 +1,5 @@
-"""Run ``authz-server serve`` as a real process on port 0 and learn its address."""
+"""Run ``authz-server`` as a real process: ``serve`` on port 0 (learning its address), or
+any one command to its end."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def authz_server_binary() -> str:
     if not path.exists():
         raise RuntimeError(f"authz-server is not installed next to {sys.executable}")
     return str(path)
+
+
+def run_cli(
+    *args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``authz-server ARGS`` to its end, through the installed console script."""
+    return subprocess.run(
+        [authz_server_binary(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        check=False,
+    )
 
 
 class AuthzProcess:

@@ -92,3 +92,21 @@ def row_tokens(key: PrivateKey, other: PrivateKey, kid: str) -> dict[Reason, str
         Reason.NOT_YET_VALID: mint(key, kid, {"nbf": now + 3600}),
         Reason.BAD_AUDIENCE: mint(key, kid, {"aud": "rpc.example.org"}),
     }
+
+
+README: Final = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_section(title: str) -> str:
+    """The README's ``## title`` section, up to the next ``## `` heading."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def readme_shell_block(title: str) -> str:
+    """The first ```sh block of a README section, as a user would copy it."""
+    section = readme_section(title)
+    start = section.index("```sh\n") + len("```sh\n")
+    return section[start : section.index("```", start)]

@@ -346,7 +346,7 @@ def test_add_refuses_a_26th_key_with_a_clear_message(
     assert result.status == 1
     assert error_line(result) == (
         f"project {PROJECT} already has 25 keys, the most a project may have (25): "
-        "remove one first (keys remove)"
+        f"remove one first (authz-server keys remove --keys-dir {keys_dir} --project {PROJECT} ID)"
     )
     assert len([n for n in project_files(keys_dir) if n.endswith(".pem")]) == 25
     # Another project has its own 25.
@@ -652,10 +652,14 @@ def test_removing_an_unknown_id_is_an_error(
     result = cli("keys", "remove", "--keys-dir", keys_dir, "--project", project, unknown)
     assert result.status == 1
     assert error_line(result) == (
-        f"project {project} has no key {unknown} (see: authz-server keys list --project {project})"
+        f"project {project} has no key {unknown} (see: authz-server keys list "
+        f"--keys-dir {keys_dir} --project {project})"
     )
     result = cli("keys", "remove", "--keys-dir", keys_dir, "--project", project, "../x")
-    assert (result.status, error_line(result)) == (1, "invalid key id '../x'")
+    assert (result.status, error_line(result)) == (
+        1,
+        "invalid key id '../x' (1 to 128 of A-Z a-z 0-9 _ -)",
+    )
 
 
 def test_export_is_a_jwks_whose_thumbprints_are_those_of_the_list(
@@ -765,7 +769,7 @@ def test_token_times_durations_timestamps_and_audiences(
         (["--exp", "600"], "600 is a unix time in 1970; for a duration write 600s"),
         (["--exp", "soon"], "not a time: 'soon'"),
         (["--exp", "10m", "--no-exp"], "not allowed with argument"),
-        (["--kid", ""], "--kid must not be empty"),
+        (["--kid", ""], "argument --kid: invalid key id ''"),
     ],
 )
 def test_token_usage_errors_exit_2(
@@ -959,6 +963,7 @@ def test_check_json_for_scripts(
         "allowed": False,
         "kid": protected,
         "answer": "denied: invalid JWT token (expired token)",
+        "why": "its exp has passed (with the leeway): sign a new token",
         "status": 403,
         "body": json.loads(deny_body(Reason.EXPIRED, PROJECT)),
         "header": {"alg": "ES256", "typ": "JWT", "kid": protected},

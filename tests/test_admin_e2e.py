@@ -184,7 +184,8 @@ def test_concurrent_adds_stop_at_25_and_the_service_never_sees_a_partial_file(
     for err in refused:
         assert err == (
             f"authz-server: error: project {project} already has 25 keys, the most a project "
-            "may have (25): remove one first (keys remove)\n"
+            "may have (25): remove one first (authz-server keys remove --keys-dir "
+            f"{stack.keys_dir} --project {project} ID)\n"
         )
 
     tokens = [mint(private_keys[index], kid) for index, kid in added.items()]

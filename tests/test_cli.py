@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -12,23 +10,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz_server.tokens import PrivateKey
-from tests.authz_process import AuthzProcess, authz_server_binary
+from tests.authz_process import AuthzProcess, authz_server_binary, run_cli
 from tests.support import write_key
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [authz_server_binary(), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
 def test_a_missing_keys_dir_exits_2_saying_so(tmp_path: Path) -> None:
-    result = run("serve", "--keys-dir", str(tmp_path / "nope"), "--listen", "127.0.0.1:0")
+    result = run_cli("serve", "--keys-dir", str(tmp_path / "nope"), "--listen", "127.0.0.1:0")
     assert result.returncode == 2
     assert f"keys directory {tmp_path / 'nope'} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
@@ -37,7 +24,7 @@ def test_a_missing_keys_dir_exits_2_saying_so(tmp_path: Path) -> None:
 def test_a_keys_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
     file = tmp_path / "file"
     file.write_text("x")
-    result = run("serve", "--keys-dir", str(file))
+    result = run_cli("serve", "--keys-dir", str(file))
     assert result.returncode == 2
     assert "is not a directory" in result.stderr
 
@@ -59,20 +46,20 @@ def test_a_keys_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
 def test_bad_options_exit_2_with_one_clear_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = run("serve", "--keys-dir", str(tmp_path), *args)
+    result = run_cli("serve", "--keys-dir", str(tmp_path), *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_keys_dir_is_required(tmp_path: Path) -> None:
-    result = run("serve")
+    result = run_cli("serve")
     assert result.returncode == 2
     assert "--keys-dir" in result.stderr
 
 
 def test_every_option_is_documented_with_its_environment_variable() -> None:
-    result = run("serve", "--help")
+    result = run_cli("serve", "--help")
     assert result.returncode == 0
     for env in (
         "AUTHZ_KEYS_DIR",
@@ -112,12 +99,12 @@ def test_it_serves_health_and_exits_0_on_sigterm(tmp_path: Path) -> None:
 
 def test_the_health_command_answers_for_probes(tmp_path: Path) -> None:
     with AuthzProcess(tmp_path) as process:
-        result = run("health", "--address", process.address)
+        result = run_cli("health", "--address", process.address)
         assert result.returncode == 0
         assert "SERVING" in result.stdout
-        unknown = run("health", "--address", process.address, "--service", "nope")
+        unknown = run_cli("health", "--address", process.address, "--service", "nope")
         assert unknown.returncode == 1
-    down = run("health", "--address", process.address, "--timeout", "0.5")
+    down = run_cli("health", "--address", process.address, "--timeout", "0.5")
     assert down.returncode == 1
     assert "UNAVAILABLE" in down.stderr or "DEADLINE_EXCEEDED" in down.stderr
 

@@ -56,7 +56,8 @@ PUBLIC_NAMES = {
     # Running it.
     "authz_server.config": [
         "DEFAULT_LISTEN", "THREADS_DEFAULT", "Endpoint", "Settings", "add_option", "env_value",
-        "flag", "host_port", "non_negative_int", "positive_int", "route", "seconds",
+        "flag", "host_port", "non_negative_int", "positive_int", "positive_seconds", "route",
+        "seconds",
     ],
     "authz_server.server": ["LOG_FORMAT", "ListenError", "running_gate"],
     "authz_server.workers": ["supervise", "worker_settings"],
@@ -79,7 +80,9 @@ PUBLIC_NAMES = {
     "authz_server.cli": ["build_parser", "main"],
     "authz_server.cli.serve": ["register", "serve"],
     "authz_server.cli.keys": ["register"],
-    "authz_server.cli.customer": ["DEFAULT_TOKEN_LIFETIME", "register_keygen", "register_token"],
+    "authz_server.cli.customer": [
+        "DEFAULT_KEY_HOME", "DEFAULT_TOKEN_LIFETIME", "register_keygen", "register_token",
+    ],
     "authz_server.cli.check": ["register"],
     # Development tools.
     "authz_server.devtools.demo": [

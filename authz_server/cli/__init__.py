@@ -8,18 +8,18 @@ Each command sets ``func`` (arguments -> exit status) on its parser.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from . import check, customer, keys, serve
+from ._common import Parser
 
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="authz-server",
         description="Envoy ext_authz service enforcing per-project RS256/ES256 JWTs.",
     )

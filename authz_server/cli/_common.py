@@ -1,50 +1,114 @@
-"""Plumbing shared by the tooling commands: failures as one line, output, common options.
+"""Plumbing shared by the commands: the parser, failures as one line, output, common options.
 
 Exit status: 0 on success; 1 when a command refuses or fails (and, for ``check``, when
-the gate would deny); 2 for usage errors, and for ``check`` when it cannot answer.
+the gate would deny); 2 for usage errors, for ``serve`` and ``envoy-config`` when their
+configuration cannot be used (an output file that cannot be written, too), and for
+``check`` when it cannot answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias
 
 from ..config import add_option
-from ..keydir import KeyDirError
+from ..keydir import KeyDirError, write_atomically
 
 __all__ = [
     "FORMATTER",
     "Command",
     "CommandError",
     "HelpFormatter",
+    "Parser",
     "Subcommands",
     "existing_keys_dir",
     "guarded",
     "keys_dir_option",
+    "make_directory",
     "read_limited",
     "write_err",
+    "write_file",
     "write_out",
 ]
 
 Command: TypeAlias = Callable[[argparse.Namespace], int]
-Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Subcommands: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+# A value that starts with a minus sign but is no option: a duration in the past (-5m).
+_SIGNED_VALUE: Final = re.compile(r"-\d[\w.]*")
 
 
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps a one-paragraph description; keeps text with line breaks (the examples of
-    each command's epilog) as written, as ``RawDescriptionHelpFormatter`` would."""
+    each command's epilog) as written, as ``RawDescriptionHelpFormatter`` would; and ends
+    each option's help with its default, when it has one worth showing."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text:
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        # None, False, "" and [] mean "not given"; the help says what that does.
+        shown = default not in (None, False, "", [], argparse.SUPPRESS)
+        if shown and action.option_strings and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
 
 FORMATTER: Final = HelpFormatter
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of every command: help pages show defaults, a usage error is one line
+    (``authz-server keys add: error: ... (see authz-server keys add --help)``) and exit
+    status 2, and options declared with :meth:`allow_negative_values` take ``-5m``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", FORMATTER)
+        super().__init__(*args, **kwargs)
+        self._signed_options: set[str] = set()
+
+    def allow_negative_values(self, *option_strings: str) -> None:
+        """Let ``--exp -5m`` mean ``--exp=-5m``: argparse would take ``-5m`` for an
+        unknown option (it only knows plain negative numbers)."""
+        self._signed_options.update(option_strings)
+
+    def parse_known_args(
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._joined_signed_values(given), namespace)
+
+    def _joined_signed_values(self, args: list[str]) -> list[str]:
+        joined: list[str] = []
+        index = 0
+        while index < len(args):
+            arg = args[index]
+            if arg == "--":  # everything after it is a positional argument already
+                return joined + args[index:]
+            following = args[index + 1] if index + 1 < len(args) else ""
+            if arg in self._signed_options and _SIGNED_VALUE.fullmatch(following):
+                joined.append(f"{arg}={following}")
+                index += 2
+            else:
+                joined.append(arg)
+                index += 1
+        return joined
+
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr, then exit status 2: the whole usage would hide the reason."""
+        line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {line} (see {self.prog} --help)\n")
 
 
 class CommandError(Exception):
@@ -94,6 +158,25 @@ def read_limited(path: Path, limit: int) -> bytes:
         return sys.stdin.buffer.read(limit)
     with open(path, "rb") as file:
         return file.read(limit)
+
+
+def write_file(path: Path, data: bytes, *, mode: int) -> None:
+    """Write an output file atomically; failing, say which file and why in one line (the
+    error of the rename names its temporary file, which the user never asked for)."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        write_atomically(path, data, mode=mode)
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def make_directory(path: Path, *, mode: int) -> None:
+    """``mkdir -p`` for an output directory, failing in one line that names it."""
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create directory {path}: {exc.strerror or exc}") from None
 
 
 def write_out(text: str) -> None:

@@ -11,14 +11,15 @@ import argparse
 import json
 import sys
 import time
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 from ..config import add_option, seconds
-from ..keydir import require_project_id
-from ..keystore import KeyStore
-from ..verifier import Allowed, Policy, bearer_token, decide, deny_body
+from ..keydir import project_names, require_project_id
+from ..keys import is_valid_id
+from ..keystore import KEY_SUFFIX, KeyStore
+from ..verifier import Allowed, Policy, Reason, bearer_token, decide, deny_body
 from ._common import (
-    FORMATTER,
     CommandError,
     Subcommands,
     existing_keys_dir,
@@ -33,6 +34,23 @@ __all__ = ["register"]
 
 _MAX_TOKEN_INPUT: Final = 1 << 20
 
+# The contract's messages are terse (and fixed); what each one means, in plain words.
+_PLAIN_WORDS: Final[dict[Reason, str]] = {
+    Reason.MISSING_TOKEN: "project {project} has keys, so every request needs "
+    "`Authorization: Bearer <JWT>`",
+    Reason.MALFORMED: "the token is not three base64url parts of JSON objects, or a claim "
+    "has the wrong type (see header and claims)",
+    Reason.UNSUPPORTED_ALGORITHM: "the header's alg must be exactly RS256 or ES256",
+    Reason.EMPTY_KEY_ID: "the header has no kid: put the key id that `keys add` printed there",
+    Reason.UNKNOWN_KEY_ID: "kid {kid} is not a registered key of project {project}: the key "
+    "was removed (revoked), never added, or added to another project",
+    Reason.BAD_SIGNATURE: "the token was not signed with the private key of key {kid} (another "
+    "key, or changed after signing), or its alg does not fit that key's type",
+    Reason.EXPIRED: "its exp has passed (with the leeway): sign a new token",
+    Reason.NOT_YET_VALID: "its nbf is still ahead (with the leeway): check the signer's clock",
+    Reason.BAD_AUDIENCE: "no aud value ends with the audience suffix {suffix!r}",
+}
+
 
 def register(commands: Subcommands) -> None:
     parser = commands.add_parser(
@@ -42,10 +60,11 @@ def register(commands: Subcommands) -> None:
         "directory, and show its decoded header and claims. Works offline. Exit status: "
         "0 allowed, 1 denied, 2 could not check.",
         epilog="examples:\n"
-        "  authz-server check --keys-dir ./keys --project 2a84...6d2f eyJhbGciOi...\n"
-        "  authz-server token --key private.pem --kid $kid | \\\n"
-        "      authz-server check --keys-dir ./keys --project 2a84...6d2f -",
-        formatter_class=FORMATTER,
+        "  authz-server check --keys-dir ./keys \\\n"
+        "      --project 2a8428f5a79b09aadff75a745397cf6d2f59d51e eyJhbGciOi...\n"
+        "  authz-server token --key ~/.authz-server/es256/private.pem --kid $kid | \\\n"
+        "      authz-server check --keys-dir ./keys \\\n"
+        "      --project 2a8428f5a79b09aadff75a745397cf6d2f59d51e -",
     )
     keys_dir_option(parser)
     parser.add_argument("--project", required=True, help="the project id")
@@ -75,6 +94,7 @@ def register(commands: Subcommands) -> None:
         help="decide as at this time: a unix timestamp, or a duration from now like +1h",
     )
     parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    parser.allow_negative_values("--now")
     parser.set_defaults(func=guarded(_check, error_status=2), parser=parser)
 
 
@@ -99,6 +119,12 @@ def _check(args: argparse.Namespace) -> int:
     else:
         answer = f"denied: {decision.reason.message}"
         body = deny_body(decision.reason, project)
+    why = None
+    if not isinstance(decision, Allowed):
+        header_value = None if header is None else header.value
+        why = _in_plain_words(decision.reason, project, header_value, args.audience_suffix)
+        if decision.reason is Reason.UNKNOWN_KEY_ID:
+            why = f"{why}{_elsewhere(keys_dir, project, header_value)}"
 
     if args.json:
         report = {
@@ -106,6 +132,7 @@ def _check(args: argparse.Namespace) -> int:
             "allowed": isinstance(decision, Allowed),
             "kid": decision.kid,
             "answer": answer,
+            "why": why,
             "status": 200 if body is None else 403,
             "body": None if body is None else json.loads(body),
             "header": None if header is None else header.value,
@@ -123,6 +150,8 @@ def _check(args: argparse.Namespace) -> int:
         else:
             lines.append(("token", "none"))
         lines.append(("answer", escaped(answer)))
+        if why is not None:
+            lines.append(("why", escaped(why)))
         if body is not None:
             lines.append(("body", f"403 {body}"))
         write_out("".join(f"{label:<8}  {text}\n" for label, text in lines))
@@ -132,12 +161,39 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if isinstance(decision, Allowed) else 1
 
 
+def _in_plain_words(reason: Reason, project: str, header: Any, suffix: str) -> str | None:
+    text = _PLAIN_WORDS.get(reason)
+    if text is None:
+        return None
+    return text.format(project=project, kid=_kid_of(header), suffix=suffix)
+
+
+def _kid_of(header: Any) -> str:
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return shown_json(kid) if isinstance(kid, str) else "(none)"
+
+
+def _elsewhere(keys_dir: Path, project: str, header: Any) -> str:
+    """Which other projects of this keys directory have the token's kid, if any."""
+    kid = header.get("kid") if isinstance(header, dict) else None
+    if not isinstance(kid, str) or not is_valid_id(kid):
+        return ""
+    others = [
+        other
+        for other in project_names(keys_dir)
+        if other != project and (keys_dir / other / f"{kid}{KEY_SUFFIX}").is_file()
+    ]
+    return f" (here it is a key of project {', '.join(others)})" if others else ""
+
+
 def _token_argument(given: str | None) -> str | None:
     if given is None or given == "-":
         if given is None and sys.stdin.isatty():
             raise CommandError("no token: give TOKEN, or - to read it from stdin")
         given = sys.stdin.read(_MAX_TOKEN_INPUT)
     text = given.strip()
+    if text.lower() == "bearer":  # `Bearer ` and nothing after it: no token, as for the gate
+        return None
     if text[:7].lower() == "bearer ":
         return bearer_token(text)
     return text or None

