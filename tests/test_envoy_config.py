@@ -540,7 +540,10 @@ def test_the_http_transport_passes_the_token_and_takes_back_the_kid_and_project(
     assert response["allowed_upstream_headers"]["patterns"] == [
         {"exact": "x-jwt-kid"},
         {"exact": "x-authz-project"},
+        {"prefix": "x-jwt-"},  # projects' claims_to_headers
     ]
+    # The client address for IP allowlists: Envoy appends the peer's (use_remote_address).
+    assert {"exact": "x-forwarded-for"} in typed["allowed_headers"]["patterns"]
     assert {"exact": "content-type"} in response["allowed_client_headers"]["patterns"]
     assert typed.get("failure_mode_allow", False) is False
     assert typed["transport_api_version"] == "V3"

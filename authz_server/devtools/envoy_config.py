@@ -192,8 +192,13 @@ HTTP_ALLOWED_HEADERS: Final = (
     "origin",
     "access-control-request-method",
     "access-control-request-headers",
+    # The client address for project IP allowlists: the last entry is the one Envoy
+    # appends (use_remote_address), never the client's own.
+    "x-forwarded-for",
 )
 HTTP_UPSTREAM_HEADERS: Final = ("x-jwt-kid", "x-authz-project")
+# Projects' claims_to_headers (settings.toml) are all named x-jwt-<name>.
+HTTP_UPSTREAM_PREFIX: Final = "x-jwt-"
 HTTP_CLIENT_HEADERS: Final = (
     "content-type",
     "access-control-allow-origin",
@@ -561,7 +566,12 @@ def _http_ext_authz(timeout_s: float) -> ExtAuthz:
             ),
             path_prefix="",
             authorization_response=AuthorizationResponse(
-                allowed_upstream_headers=_exactly(HTTP_UPSTREAM_HEADERS),
+                allowed_upstream_headers=ListStringMatcher(
+                    patterns=[
+                        *_exactly(HTTP_UPSTREAM_HEADERS).patterns,
+                        StringMatcher(prefix=HTTP_UPSTREAM_PREFIX),
+                    ]
+                ),
                 allowed_client_headers=_exactly(HTTP_CLIENT_HEADERS),
             ),
             retry_policy=_retry_policy("connect-failure,reset"),
