@@ -38,12 +38,43 @@ def parse(text: str) -> Samples:
     return samples
 
 
-def scrape(address: str) -> str:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+def scrape(address: str, accept: str | None = None) -> str:
+    request = urllib.request.Request(
+        f"http://{address}/metrics", headers={"Accept": accept} if accept else {}
+    )
+    with urllib.request.urlopen(request, timeout=5) as reply:
         assert reply.status == 200
-        assert reply.headers["Content-Type"].startswith("text/plain")
+        if accept is None:
+            assert reply.headers["Content-Type"].startswith("text/plain")
         body: bytes = reply.read()
     return body.decode()
+
+
+Families = dict[str, tuple[str, frozenset[str]]]
+
+
+def exported(text: str) -> Families:
+    """Each family of a scrape by its exposed name (counters with ``_total``): its type and
+    the label names its samples carry."""
+    families: Families = {}
+    for family in text_string_to_metric_families(text):
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        labels = frozenset(label for sample in family.samples for label in sample.labels)
+        families[name] = (family.type, labels)
+    return families
+
+
+def documented() -> Families:
+    """The README's metrics table: ``| `name` | type | `label`, ... | meaning |`` rows."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Metrics and logs") :]
+    section = section[: section.index("\n## ")]
+    families: Families = {}
+    for line in section.splitlines():
+        row = re.fullmatch(r"\| `(\w+)` \| (\w+) \|([^|]*)\| .+ \|", line)
+        if row:
+            families[row[1]] = (row[2], frozenset(re.findall(r"`(\w+)`", row[3])))
+    return families
 
 
 def decisions(samples: Samples, result: str, reason: str) -> float:
@@ -242,3 +273,44 @@ def test_workers_on_port_zero_need_metrics_port_zero(
         main([*args, "--metrics-listen", "127.0.0.1:9100"])
     assert exited.value.code == 2
     assert "--metrics-listen port 0" in capsys.readouterr().err
+
+
+def test_the_readme_table_is_every_series_exported_with_its_type_and_labels(
+    key_and_junk_dir: Path,
+) -> None:
+    with AuthzProcess(key_and_junk_dir, "--metrics-listen", "127.0.0.1:0") as process:
+        match = _METRICS.search(process.log)
+        assert match, process.log
+        with grpc.insecure_channel(process.address) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            stub.Check(check_request(f"/eth/{PROJECT}"), timeout=5)
+        text = scrape(match.group(1))
+    table = documented()
+    assert len(table) >= 20, "the README table was not found"
+    if not Path("/proc/self/stat").exists():  # prometheus_client reads process_* from /proc
+        table = {name: row for name, row in table.items() if not name.startswith("process_")}
+    assert exported(text) == table
+
+
+def test_the_standard_process_platform_and_gc_series_are_there() -> None:
+    registry = CheckMetrics().registry
+    for name in ("process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"):
+        assert registry.get_sample_value(name) is not None, name
+    assert registry.get_sample_value("python_gc_collections_total", {"generation": "0"}) is not None
+    info = {s.name: s for family in registry.collect() for s in family.samples}["python_info"]
+    assert info.value == 1
+    assert info.labels["implementation"]
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [None, "application/openmetrics-text; version=1.0.0; charset=utf-8"],
+    ids=["text", "openmetrics"],
+)
+def test_no_created_series_in_either_format(key_and_junk_dir: Path, accept: str | None) -> None:
+    with AuthzProcess(key_and_junk_dir, "--metrics-listen", "127.0.0.1:0") as process:
+        match = _METRICS.search(process.log)
+        assert match, process.log
+        text = scrape(match.group(1), accept)
+    assert "authz_decisions_total" in text
+    assert "_created" not in text

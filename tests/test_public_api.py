@@ -63,7 +63,7 @@ PUBLIC_NAMES = {
     "authz_server.workers": ["supervise", "worker_settings"],
     "authz_server.metrics": [
         "CHECK_DURATION_BUCKETS", "CheckDurations", "CheckMetrics", "MetricsServer",
-        "StateCollector",
+        "StateCollector", "service_registry",
     ],
     "authz_server.logging_setup": [
         "LOG_FORMATS", "TEXT_FORMAT", "JsonFormatter", "configure_logging",
