@@ -10,7 +10,9 @@ active. This module adds what only a writer needs:
   when several ``keys add`` run at once, and a listing never sees half of a change;
 - atomic writes: a dot-prefixed temporary file in the same directory, fsynced, then
   renamed into place, so a running server never reads a half-written key;
-- the sidecar ``.<kid>.json`` holding a key's optional name and when it was added.
+- the sidecar ``.<kid>.json`` holding a key's optional name and when it was added;
+- the project's settings file, edited under the same lock and written atomically, each
+  version checked by :func:`~authz_server.settings.parse_settings` before it is written.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import secrets
 import shlex
 import stat
 import sys
+import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from .jwk import thumbprint
 from .keys import KeyRejected, VerifyKey, is_valid_id
@@ -40,12 +43,20 @@ from .keystore import (
     scan_key_files,
     scan_projects,
 )
+from .settings import (
+    SETTINGS_FILE,
+    ProjectSettings,
+    SettingsRejected,
+    parse_settings,
+    render_settings,
+)
 
 __all__ = [
     "LOCK_NAME",
     "KeyDirError",
     "KeyRow",
     "add_key",
+    "edit_settings",
     "key_rows",
     "project_names",
     "remove_key",
@@ -146,8 +157,12 @@ def add_key(
     return kid, len(existing) + 1
 
 
-def remove_key(keys_dir: Path, project: str, kid: str) -> int:
-    """Delete a key and its sidecar; return how many key files the project has left."""
+def remove_key(keys_dir: Path, project: str, kid: str, *, lock_when_last: bool = False) -> int:
+    """Delete a key and its sidecar; return how many key files the project has left.
+
+    With ``lock_when_last``, removing the project's last key file first sets
+    ``require_jwt = true`` in its settings, so that the project is never open between
+    the two steps."""
     directory = keys_dir / project
     unknown = KeyDirError(
         f"project {project} has no key {kid} (see: authz-server keys list "
@@ -156,8 +171,13 @@ def remove_key(keys_dir: Path, project: str, kid: str) -> int:
     if not directory.is_dir():
         raise unknown
     with _project_lock(directory, exclusive=True):
+        path = directory / f"{kid}{KEY_SUFFIX}"
+        if lock_when_last and os.path.lexists(path):
+            names = {name for name, _mtime, _mode, _size in _key_files(directory)}
+            if names <= {path.name}:
+                _edit_settings_locked(directory, project, _require_jwt)
         try:
-            (directory / f"{kid}{KEY_SUFFIX}").unlink()
+            path.unlink()
         except FileNotFoundError:
             raise unknown from None
         _sidecar_path(directory, kid).unlink(missing_ok=True)
@@ -249,6 +269,49 @@ def _key_files(directory: Path) -> list[tuple[str, int, int, int]]:
         return []
     files = [(name, mtime_ns, mode, size) for name, _dev, _ino, size, mtime_ns, mode in stats]
     return sorted(files, key=lambda item: (item[1], item[0]))
+
+
+def _require_jwt(values: dict[str, Any]) -> None:
+    values["require_jwt"] = True
+
+
+def edit_settings(
+    keys_dir: Path, project: str, edit: Callable[[dict[str, Any]], None]
+) -> ProjectSettings:
+    """Change a project's settings file: ``edit`` changes the file's values in place; the
+    result is checked and written atomically (or the file removed when nothing is left).
+    Returns the settings as the server will load them. A current file that does not load
+    is refused rather than overwritten: what it meant is unknown."""
+    directory = keys_dir / project
+    directory.mkdir(mode=0o755, exist_ok=True)
+    with _project_lock(directory, exclusive=True):
+        return _edit_settings_locked(directory, project, edit)
+
+
+def _edit_settings_locked(
+    directory: Path, project: str, edit: Callable[[dict[str, Any]], None]
+) -> ProjectSettings:
+    path = directory / SETTINGS_FILE
+    try:
+        values: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        values = {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise KeyDirError(
+            f"project {project}: the settings file {path} cannot be read or is not TOML "
+            f"({exc}); fix or remove it first"
+        ) from None
+    edit(values)
+    if not values:
+        path.unlink(missing_ok=True)
+        _fsync_directory(directory)
+        return ProjectSettings()
+    try:
+        text = render_settings(values)
+    except SettingsRejected as exc:
+        raise KeyDirError(f"project {project}: refused: {exc.reason}") from None
+    write_atomically(path, text.encode(), mode=0o644)
+    return parse_settings(text.encode())
 
 
 def _sidecar_path(directory: Path, kid: str) -> Path:

@@ -383,7 +383,7 @@ def _toml_value(value: object) -> str:
         return json.dumps(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
+    raise SettingsRejected("wrong_type", f"no setting takes {_kind(value)}")
 
 
 def render_settings(values: Mapping[str, object]) -> str:

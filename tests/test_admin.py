@@ -631,16 +631,17 @@ def test_remove_deletes_the_key_and_its_sidecar(
     )
 
 
-def test_removing_the_last_key_warns_that_the_project_is_open(
+def test_removing_the_last_key_with_open_warns_that_the_project_is_open(
     cli: Cli, tmp_path: Path, keys_dir: Path, ec_key: PrivateKey
 ) -> None:
     kid = add(cli, keys_dir, public_file(tmp_path, ec_key))
-    result = cli("keys", "remove", "--keys-dir", keys_dir, "--project", PROJECT, kid)
+    result = cli("keys", "remove", "--keys-dir", keys_dir, "--project", PROJECT, kid, "--open")
     assert result.status == 0
     assert result.err == (
         f"authz-server: warning: project {PROJECT} has no keys left: "
         "its requests now pass without a JWT\n"
     )
+    assert KeyStore(keys_dir).reload().keys_for(PROJECT) is None
 
 
 @pytest.mark.parametrize("project", [PROJECT, "no-such-project"])
@@ -961,6 +962,7 @@ def test_check_json_for_scripts(
     assert report == {
         "project": PROJECT,
         "allowed": False,
+        "would_deny": None,  # only for report-only projects
         "kid": protected,
         "answer": "denied: invalid JWT token (expired token)",
         "why": "its exp has passed (with the leeway): sign a new token",

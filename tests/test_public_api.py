@@ -33,8 +33,8 @@ PUBLIC_NAMES = {
         "read_key_file", "scan_key_files", "scan_projects",
     ],
     "authz_server.keydir": [
-        "LOCK_NAME", "KeyDirError", "KeyRow", "add_key", "key_rows", "project_names",
-        "remove_key", "require_key_id", "require_project_id", "write_atomically",
+        "LOCK_NAME", "KeyDirError", "KeyRow", "add_key", "edit_settings", "key_rows",
+        "project_names", "remove_key", "require_key_id", "require_project_id", "write_atomically",
     ],
     "authz_server.cache": ["DEFAULT_MAX_ENTRIES", "MAX_CACHED_TOKEN_LENGTH", "CachingVerifier"],
     "authz_server.budget": ["BURST_SECONDS", "DEFAULT_RATE", "FailedCheckBudget"],
@@ -84,6 +84,7 @@ PUBLIC_NAMES = {
         "DEFAULT_KEY_HOME", "DEFAULT_TOKEN_LIFETIME", "register_keygen", "register_token",
     ],
     "authz_server.cli.check": ["register"],
+    "authz_server.cli.project": ["register"],
     # Development tools.
     "authz_server.devtools.demo": [
         "DEMO_PROJECT", "DemoKey", "ensure_demo_key", "envoy_config", "main",

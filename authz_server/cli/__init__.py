@@ -2,7 +2,8 @@
 
 One module per command family, each adding its commands to the parser here:
 :mod:`.serve` (``serve``, ``health``, ``envoy-config``), :mod:`.customer` (``keygen``,
-``token``), :mod:`.keys` (``keys add|list|remove|export``) and :mod:`.check` (``check``).
+``token``), :mod:`.keys` (``keys add|list|remove|export``), :mod:`.project` (``project
+show|set|lock|unlock``) and :mod:`.check` (``check``).
 Each command sets ``func`` (arguments -> exit status) on its parser.
 """
 
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import check, customer, keys, serve
+from . import check, customer, keys, project, serve
 from ._common import Parser
 
 __all__ = ["build_parser", "main"]
@@ -28,6 +29,7 @@ def build_parser() -> Parser:
     serve.register(commands)
     customer.register_keygen(commands)
     keys.register(commands)
+    project.register(commands)
     customer.register_token(commands)
     check.register(commands)
     return parser

@@ -1,24 +1,30 @@
 """``check``: what the gate would answer for a token, offline.
 
-The answer comes from :func:`~authz_server.verifier.decide` on the keys a
-:class:`~authz_server.keystore.KeyStore` loads, with the service's own denial body;
-the decoded header and claims beside it are only for the reader.
+The answer comes from a :class:`~authz_server.gate.Gate` on the keys and project settings
+a :class:`~authz_server.keystore.KeyStore` loads (``--origin`` and ``--ip`` stand for the
+request's), with the service's own denial body; the decoded header and claims beside it
+are only for the reader.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 from ..config import add_option, seconds
+from ..cors import Preflight
+from ..facts import RequestFacts
+from ..gate import Gate
 from ..keydir import project_names, require_project_id
 from ..keys import is_valid_id
-from ..keystore import KEY_SUFFIX, KeyStore
-from ..verifier import Allowed, Policy, Reason, bearer_token, decide, deny_body
+from ..keystore import KEY_SUFFIX, KeyStore, Snapshot
+from ..verifier import Allowed, Decision, Policy, Reason, bearer_token, deny_body
 from ._common import (
     CommandError,
     Subcommands,
@@ -49,6 +55,14 @@ _PLAIN_WORDS: Final[dict[Reason, str]] = {
     Reason.EXPIRED: "its exp has passed (with the leeway): sign a new token",
     Reason.NOT_YET_VALID: "its nbf is still ahead (with the leeway): check the signer's clock",
     Reason.BAD_AUDIENCE: "no aud value ends with the audience suffix {suffix!r}",
+    Reason.IP_NOT_ALLOWED: "project {project} takes requests only from the addresses in its "
+    "settings (allowed_ips; see authz-server project show); give the client's with --ip",
+    Reason.ORIGIN_NOT_ALLOWED: "project {project} takes requests only from the origins in its "
+    "settings (allowed_origins; see authz-server project show); give the page's with --origin",
+    Reason.INVALID_SETTINGS: "project {project}'s settings file never loaded, so every request "
+    "is denied: authz-server project show says why",
+    Reason.LIFETIME_TOO_LONG: "project {project} caps token lifetimes (max_token_lifetime): "
+    "the token needs an exp, and exp - iat (or exp - now) within the cap",
 }
 
 
@@ -93,6 +107,12 @@ def register(commands: Subcommands) -> None:
         metavar="TIME",
         help="decide as at this time: a unix timestamp, or a duration from now like +1h",
     )
+    parser.add_argument(
+        "--origin", help="the request's Origin header, for projects with allowed_origins"
+    )
+    parser.add_argument(
+        "--ip", help="the client's address as Envoy sees it, for projects with allowed_ips"
+    )
     parser.add_argument("--json", action="store_true", help="JSON for scripts")
     parser.allow_negative_values("--now")
     parser.set_defaults(func=guarded(_check, error_status=2), parser=parser)
@@ -104,12 +124,18 @@ def _check(args: argparse.Namespace) -> int:
     token = _token_argument(args.token)
     policy = Policy(leeway=args.leeway, audience_suffix=args.audience_suffix)
     now = time.time() if args.now is None else float(args.now.at(time.time()))
-    entry = KeyStore(keys_dir, quiet=True).reload([project]).projects.get(project)
-    keys = None if entry is None else entry.keys
-    decision = decide(token, keys, policy, now)
+    snapshot = KeyStore(keys_dir, quiet=True).reload([project])
+    entry = snapshot.projects.get(project)
+    keys = snapshot.keys_for(project)
+    decision, report_only = _decided(snapshot, project, policy, now, token, args)
     header, claims = peek(token) if token else (None, None)
 
-    if isinstance(decision, Allowed):
+    would_deny = report_only and not isinstance(decision, Allowed)
+    if would_deny:
+        assert not isinstance(decision, Allowed)
+        answer = f"allowed (report only; would be denied: {decision.reason.message})"
+        body = None
+    elif isinstance(decision, Allowed):
         answer = (
             f"allowed (kid {decision.kid})"
             if decision.kid is not None
@@ -129,7 +155,8 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         report = {
             "project": project,
-            "allowed": isinstance(decision, Allowed),
+            "allowed": isinstance(decision, Allowed) or would_deny,
+            "would_deny": _reason_of(decision) if would_deny else None,
             "kid": decision.kid,
             "answer": answer,
             "why": why,
@@ -158,7 +185,47 @@ def _check(args: argparse.Namespace) -> int:
     for refusal in () if entry is None else entry.refused:
         path = escaped(str(keys_dir / project / refusal.name))
         write_err(f"warning: refused key file {path}: {escaped(refusal.reason)}")
-    return 0 if isinstance(decision, Allowed) else 1
+    if entry is not None and entry.settings_refusal is not None:
+        path = escaped(str(keys_dir / project / entry.settings_refusal.name))
+        reason = escaped(entry.settings_refusal.reason)
+        write_err(f"warning: refused settings file {path}: {reason}")
+    return 0 if isinstance(decision, Allowed) or would_deny else 1
+
+
+def _reason_of(decision: Decision) -> str | None:
+    return None if isinstance(decision, Allowed) else decision.reason.message
+
+
+def _decided(
+    snapshot: Snapshot,
+    project: str,
+    policy: Policy,
+    now: float,
+    token: str | None,
+    args: argparse.Namespace,
+) -> tuple[Decision, bool]:
+    """The gate's decision on this snapshot, and whether the project is report-only (its
+    settings then judged as if enforced, so that the would-be denial can be shown)."""
+    entry = snapshot.projects.get(project)
+    settings = None if entry is None else entry.settings
+    report_only = settings is not None and settings.report_only
+    if entry is not None and settings is not None and report_only:
+        enforced = dataclasses.replace(settings, report_only=False)
+        entry = dataclasses.replace(entry, settings=enforced)
+    # Complete: this project's directory was read whole (a partial reload is never marked so).
+    judged = Snapshot(MappingProxyType({} if entry is None else {project: entry}), 1, True)
+    gate = Gate(lambda: judged, policy, clock=lambda: now, cache_size=0, failed_check_budget=0)
+    facts = RequestFacts(
+        project,
+        None if token is None else f"Bearer {token}",
+        None,
+        "POST",
+        args.origin,
+        args.ip,
+    )
+    decision = gate.decide(facts)
+    assert not isinstance(decision, Preflight)  # a POST is never one
+    return decision, report_only
 
 
 def _in_plain_words(reason: Reason, project: str, header: Any, suffix: str) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +99,21 @@ def register(commands: Subcommands) -> None:
         "remove",
         help="delete a key: every token signed for it is refused from then on",
         description="Delete a key and its name. Its tokens are refused within a second. "
-        "A project left without keys no longer requires a JWT.",
+        "Removing a project's last key locks the project (require_jwt = true in its "
+        "settings: every request is denied until a key is added), since that is what "
+        "revoking a compromised key means; --open lets its requests through without a JWT "
+        "instead.",
         epilog="example:\n"
         "  authz-server keys remove --keys-dir ./keys \\\n"
         "      --project 2a8428f5a79b09aadff75a745397cf6d2f59d51e \\\n"
         "      54f26cb4-15a9-11ee-a1d8-0a58538e0d0c",
     )
     remove.add_argument("kid", metavar="ID", help="the key id (see keys list)")
+    remove.add_argument(
+        "--open",
+        action="store_true",
+        help="when it is the last key, leave the project open (no JWT needed) instead of locked",
+    )
     remove.set_defaults(func=guarded(_keys_remove))
 
     export = _keys_parser(
@@ -219,11 +228,17 @@ def _keys_remove(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
     project = require_project_id(args.project)
     kid = require_key_id(args.kid)
-    remaining = remove_key(keys_dir, project, kid)
+    remaining = remove_key(keys_dir, project, kid, lock_when_last=not args.open)
     write_out(f"removed key {kid} from project {project}\n")
-    if remaining == 0:
+    if remaining == 0 and args.open:
         write_err(
             f"warning: project {project} has no keys left: its requests now pass without a JWT"
+        )
+    elif remaining == 0:
+        write_err(
+            f"project {project} has no keys left and is locked (require_jwt = true): its "
+            "requests are denied until a key is added; to let them through without a JWT: "
+            f"authz-server project unlock --keys-dir {shlex.quote(str(keys_dir))} {project}"
         )
     return 0
 
