@@ -66,6 +66,9 @@ class Settings:
     workers: int = 1
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
     http_listen: str | None = None  # HOST:PORT of Envoy's HTTP ext_authz; None: gRPC only
+    # Proxies of the operator's own in front of Envoy, for the HTTP transport's client
+    # address (X-Forwarded-For); as Envoy's xff_num_trusted_hops.
+    trusted_proxy_hops: int = 0
     log_format: str = "text"
 
 

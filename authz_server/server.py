@@ -62,7 +62,10 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
     if settings.http_listen is not None:
         try:
             http_server = HttpGateServer(
-                gate, settings.http_listen, forward_jwt=settings.forward_jwt
+                gate,
+                settings.http_listen,
+                forward_jwt=settings.forward_jwt,
+                trusted_proxy_hops=settings.trusted_proxy_hops,
             )
         except OSError as exc:
             server.stop(0)

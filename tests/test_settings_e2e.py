@@ -24,6 +24,7 @@ from authz_server.settings import SETTINGS_FILE
 from authz_server.tokens import PrivateKey, mint
 from tests.authz_process import AuthzProcess
 from tests.support import MISSING, TRANSPORTS, UNKNOWN_KID, wait_for, write_key
+from tests.test_http_transport import Client, request
 
 KID = "7b1d2a4e-0c55-4f0e-9a1b-3c2d4e5f6a7b"
 RPC = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []})
@@ -240,3 +241,22 @@ def test_settings_hot_reload_and_a_broken_file_keeps_the_last_good(
     (stack.keys_dir / project / SETTINGS_FILE).unlink()
     stack.settings(project, "")
     wait_for(lambda: stack.post(project, valid).status == 200, 1.5)
+
+
+@pytest.mark.parametrize(("hops", "status"), [("0", 403), ("1", 200)])
+def test_trusted_proxy_hops_picks_the_client_address_left_of_the_operators_proxies(
+    tmp_path: Path, hops: str, status: int
+) -> None:
+    (tmp_path / "far-ips").mkdir()
+    (tmp_path / "far-ips" / SETTINGS_FILE).write_text(SETTINGS["far-ips"])
+    with AuthzProcess(
+        tmp_path, "--http-listen", "127.0.0.1:0", "--trusted-proxy-hops", hops
+    ) as authz:
+        client = Client(authz.http_port)
+        try:
+            # The client, then the operator's load balancer that Envoy saw (appended last).
+            forwarded = {"x-forwarded-for": "198.51.100.1, 203.0.113.7, 10.0.0.2"}
+            answer = client.ask(request("/eth/far-ips", headers=forwarded))
+            assert answer.status == status, answer.body
+        finally:
+            client.close()

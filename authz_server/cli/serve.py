@@ -76,6 +76,16 @@ def register(commands: Subcommands) -> None:
             "the project is the path's last segment; worker i of --workers uses PORT+i"
         ),
     )
+    option(
+        "--trusted-proxy-hops",
+        default="0",
+        type=non_negative_int,
+        help=(
+            "HTTP ext_authz: proxies of yours in front of Envoy (as Envoy's "
+            "xff_num_trusted_hops); the client address for project IP allowlists is the "
+            "X-Forwarded-For entry that many places left of the one Envoy appends"
+        ),
+    )
     option("--audience-suffix", default="", help="when set, `aud` must end with it")
     option("--leeway", default="0", type=seconds, help="clock skew allowed on exp/nbf, seconds")
     option(
@@ -317,6 +327,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         metrics_listen=args.metrics_listen,
         http_listen=args.http_listen,
+        trusted_proxy_hops=args.trusted_proxy_hops,
         log_format=args.log_format,
     )
     return serve(settings)
