@@ -28,6 +28,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 LOCKED = "browser-locked"
 OPEN = "browser-open"
+# Its settings.toml allows calls from the allowed page's origin only (issue 14).
+PAGE_ONLY = "browser-page-only"
 KID = "0d1c5a5e-1f0b-4a57-8a3e-6c2b9e4f7d21"
 # The flags of a quiet, throwaway headless browser: no sandbox (tests run as root in CI),
 # and nothing that phones home or downloads while a test runs.
@@ -106,27 +108,34 @@ def site(
         return mint(ec_key, KID, {})
 
     with (
-        JsonRpcNode() as node,
-        AuthzProcess(keys_dir, "--http-listen", "127.0.0.1:0") as authz,
         DappPage("", LOCKED, fresh_token) as allowed_page,
         DappPage("", LOCKED, fresh_token) as other_page,
     ):
-
-        def envoy(origins: list[str]) -> EnvoyProcess:
-            return EnvoyProcess(
-                render(
-                    listen=Endpoint("127.0.0.1", 0),
-                    authz=Endpoint("127.0.0.1", authz.port_for(request.param)),
-                    upstream=Endpoint("127.0.0.1", node.port),
-                    admin=Endpoint("127.0.0.1", 0),
-                    transport=request.param,
-                    cors_origins=origins,
-                )
-            )
-
         allowed_origin = allowed_page.url.rstrip("/")
-        with envoy(["*"]) as any_origin, envoy([allowed_origin]) as one_origin:
-            yield Site(node, any_origin, one_origin, allowed_page, other_page)
+        # Written before the server starts: its first scan loads it, no reload to wait for.
+        write_key(keys_dir / PAGE_ONLY, KID, ec_key)
+        (keys_dir / PAGE_ONLY / "settings.toml").write_text(
+            f'allowed_origins = ["{allowed_origin}"]\n'
+        )
+        with (
+            JsonRpcNode() as node,
+            AuthzProcess(keys_dir, "--http-listen", "127.0.0.1:0") as authz,
+        ):
+
+            def envoy(origins: list[str]) -> EnvoyProcess:
+                return EnvoyProcess(
+                    render(
+                        listen=Endpoint("127.0.0.1", 0),
+                        authz=Endpoint("127.0.0.1", authz.port_for(request.param)),
+                        upstream=Endpoint("127.0.0.1", node.port),
+                        admin=Endpoint("127.0.0.1", 0),
+                        transport=request.param,
+                        cors_origins=origins,
+                    )
+                )
+
+            with envoy(["*"]) as any_origin, envoy([allowed_origin]) as one_origin:
+                yield Site(node, any_origin, one_origin, allowed_page, other_page)
 
 
 def open_page(browser: Any, page: DappPage, endpoint: str, project: str = LOCKED) -> None:
@@ -195,4 +204,24 @@ def test_a_listed_origin_is_served_and_another_is_refused_by_the_browser(
     answer = call(browser, endpoint + LOCKED, token)
     assert answer == {"error": "TypeError: Failed to fetch"}
     # Refused at the preflight: the node never saw any of these calls.
+    assert len(site.node.requests) == seen_before
+
+
+def test_a_projects_allowed_origins_let_its_page_in_and_refuse_another_readably(
+    browser: Any, site: Site
+) -> None:
+    endpoint = site.endpoint(site.any_origin)
+    open_page(browser, site.allowed_page, endpoint, project=PAGE_ONLY)
+    state, body = shown(browser, "with-token")
+    assert state == "allowed", body
+    seen_before = len(site.node.requests)
+    open_page(browser, site.other_page, endpoint, project=PAGE_ONLY)
+    for element_id in ("with-token", "without-token"):
+        state, body = shown(browser, element_id)
+        assert state == "denied", body
+        assert json.loads(body) == {
+            "code": -32013,
+            "message": "origin not allowed",
+            "project": PAGE_ONLY,
+        }
     assert len(site.node.requests) == seen_before

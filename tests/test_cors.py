@@ -34,6 +34,9 @@ from tests.support import MISSING, TRANSPORTS, write_key
 ROOT = Path(__file__).resolve().parent.parent
 LOCKED = "locked-project"
 OPEN = "open-project"
+# A project whose settings allow calls from PAGE only (issue 14's allowed_origins).
+PAGE_ONLY = "page-only-project"
+ORIGIN_NOT_ALLOWED = "origin not allowed"
 KID = "3f0c1b52-7a4e-4d57-9d8e-2b1f0c6a9e10"
 PAGE = "https://app.example.com"
 OTHER_PAGE = "https://elsewhere.example.org"
@@ -309,6 +312,8 @@ def gateway(
 ) -> Iterator[Gateway]:
     keys_dir = tmp_path_factory.mktemp("keys")
     write_key(keys_dir / LOCKED, KID, ec_key)
+    write_key(keys_dir / PAGE_ONLY, KID, ec_key)
+    (keys_dir / PAGE_ONLY / "settings.toml").write_text(f'allowed_origins = ["{PAGE}"]\n')
     with (
         JsonRpcNode() as node,
         AuthzProcess(keys_dir, "--http-listen", "127.0.0.1:0") as authz,
@@ -511,3 +516,38 @@ def test_without_a_cors_filter_the_gate_answers_preflights_through_envoy(
             assert answer.status == 403
             assert answer.json()["message"] == MISSING
     assert len(gateway.node.requests) == seen_before  # not one of them went upstream
+
+
+# --- a project's own allowed origins (its settings.toml) ----------------------------------------
+
+
+def test_a_projects_allowed_origins_refuse_other_pages_readably(
+    gateway: Gateway, any_origin: EnvoyProcess, ec_key: PrivateKey
+) -> None:
+    token = mint(ec_key, KID, {})
+    served = ask(any_origin.port, "POST", f"/eth/{PAGE_ONLY}", call_from(PAGE, token))
+    assert served.status == 200, served.body
+    assert served.allowed_origin == PAGE
+    seen_before = len(gateway.node.requests)
+    # The edge allows any origin, so Envoy answers the preflight; the real call is then
+    # refused by the gate, with the CORS headers that let the page read why.
+    preflight = ask(any_origin.port, "OPTIONS", f"/eth/{PAGE_ONLY}", preflight_of(OTHER_PAGE))
+    assert preflight.allowed_origin == OTHER_PAGE
+    refused = ask(any_origin.port, "POST", f"/eth/{PAGE_ONLY}", call_from(OTHER_PAGE, token))
+    assert refused.status == 403
+    assert refused.allowed_origin == OTHER_PAGE
+    assert refused.json() == {"code": -32013, "message": ORIGIN_NOT_ALLOWED, "project": PAGE_ONLY}
+    assert len(gateway.node.requests) == seen_before
+
+
+def test_without_a_cors_filter_the_gates_preflight_answer_follows_the_projects_origins(
+    gateway: Gateway,
+) -> None:
+    with gateway.envoy([]) as envoy:
+        answered = ask(envoy.port, "OPTIONS", f"/eth/{PAGE_ONLY}", preflight_of(PAGE))
+        assert answered.status == 204
+        assert answered.allowed_origin == PAGE
+        refused = ask(envoy.port, "OPTIONS", f"/eth/{PAGE_ONLY}", preflight_of(OTHER_PAGE))
+        assert refused.status == 403
+        assert refused.allowed_origin is None  # the browser stops here
+        assert refused.json()["message"] == ORIGIN_NOT_ALLOWED
