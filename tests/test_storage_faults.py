@@ -384,7 +384,8 @@ def test_require_mount_refuses_a_keys_directory_that_is_not_mounted(
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
     assert line == (
         f"authz-server serve: error: keys directory {keys_dir} is not a mount point and "
-        "holds no project directory that is one: is its volume mounted? (--require-mount)"
+        "holds no project directory that is one: is its volume mounted? (--require-mount) "
+        "(see authz-server serve --help)"
     )
 
 
