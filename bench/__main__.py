@@ -32,6 +32,7 @@ SECTIONS: Final = {
     "g": "server_stack",
     "i": "grpc_floor",
     "h": "http_transport",
+    "j": "settings_cost",
 }
 # Modules whose docstrings explain each section's method in RESULTS.md.
 METHOD_DOCS: Final = {
@@ -43,6 +44,7 @@ METHOD_DOCS: Final = {
     "server_stack": ("server_stack", "sync_server", "stall"),
     "grpc_floor": ("grpc_floor",),
     "http_transport": ("http_transport",),
+    "settings_cost": ("settings_cost",),
 }
 BUSY_CORES: Final = 0.1
 RESULTS: Final = Path(__file__).resolve().parent / "RESULTS.md"
