@@ -57,6 +57,7 @@ MAX_SETTINGS_BYTES: Final = 64 * 1024
 # Bounds that keep a hand-edited file from turning the request path into a long scan.
 MAX_LIST_ENTRIES: Final = 1000
 MAX_CLAIM_HEADERS: Final = 20
+MAX_REMEMBERED_ADDRESSES: Final = 16_384
 # Headers of the gate's own, or that Envoy or an upstream read as the request's framing:
 # no claim may be sent upstream under these names.
 RESERVED_HEADERS: Final = frozenset({"x-jwt-kid", "x-authz-project"})
@@ -123,6 +124,10 @@ class ProjectSettings:
     _wildcards: tuple[tuple[str, str, str | None], ...] = field(
         init=False, repr=False, compare=False
     )
+    # Client address -> allowed, remembered: parsing an address and testing it against the
+    # networks costs ~4 µs, a look-up 0.1 µs, and clients repeat. Bounded; a reload makes
+    # new settings with an empty memory.
+    _ip_verdicts: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         exact: set[str] = set()
@@ -134,16 +139,14 @@ class ProjectSettings:
             else:
                 scheme, domain, port = wildcard.groups()
                 wildcards.append((scheme, "." + domain, port))
+        object.__setattr__(self, "_ip_verdicts", {})
         object.__setattr__(self, "_exact_origins", frozenset(exact))
         object.__setattr__(self, "_wildcards", tuple(wildcards))
 
     def request_denial(self, client_address: str | None, origin: str | None) -> Reason | None:
         """The IP allowlist, then the origin allowlist; the first that fails, or None."""
-        allowed_ips = self.allowed_ips
-        if allowed_ips is not None:
-            address = client_ip(client_address)
-            if address is None or not any(address in network for network in allowed_ips):
-                return Reason.IP_NOT_ALLOWED
+        if self.allowed_ips is not None and not self.ip_allowed(client_address):
+            return Reason.IP_NOT_ALLOWED
         allowed_origins = self.allowed_origins
         if allowed_origins is not None:
             if origin is None:
@@ -152,6 +155,23 @@ class ProjectSettings:
             elif not self.origin_allowed(origin):
                 return Reason.ORIGIN_NOT_ALLOWED
         return None
+
+    def ip_allowed(self, client_address: str | None) -> bool:
+        """Whether the client's address is in ``allowed_ips`` (an unknown address never
+        is). Only meaningful when ``allowed_ips`` is set."""
+        if client_address is None:
+            return False
+        verdicts = self._ip_verdicts
+        verdict = verdicts.get(client_address)
+        if verdict is None:
+            address = client_ip(client_address)
+            verdict = address is not None and any(
+                address in network for network in self.allowed_ips or ()
+            )
+            if len(verdicts) >= MAX_REMEMBERED_ADDRESSES:
+                verdicts.clear()
+            verdicts[client_address] = verdict
+        return verdict
 
     def origin_allowed(self, origin: str) -> bool:
         """Whether ``origin`` (the header as sent) is listed, exactly or under a wildcard.
