@@ -69,6 +69,9 @@ class Settings:
     # Proxies of the operator's own in front of Envoy, for the HTTP transport's client
     # address (X-Forwarded-For); as Envoy's xff_num_trusted_hops.
     trusted_proxy_hops: int = 0
+    # The gate's own denials carry the CORS headers for the request's Origin: for proxies
+    # whose CORS filter runs after ext_authz (Istio). Off: Envoy's CORS filter adds them.
+    cors_denials: bool = False
     log_format: str = "text"
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "EncodedAnswers",
     "Gate",
     "RequestFacts",
+    "cors_denial_headers",
     "denial_body",
     "headers_to_remove",
     "project_from_path",
@@ -103,6 +104,15 @@ def denial_body(reason: Reason, project: str) -> str:
     return deny_body(reason, project[:_MAX_SHOWN_PROJECT])
 
 
+def cors_denial_headers(origin: str | None) -> tuple[tuple[str, str], ...]:
+    """What a denial adds, with ``--cors-denials``, for a request from ``origin``: the
+    header that lets the page read the -32013 body, for that origin only (none when the
+    request carries no Origin a browser could send)."""
+    if not is_origin(origin):
+        return ()
+    return (("access-control-allow-origin", origin or ""), ("vary", "origin"))
+
+
 def project_from_path(path: str) -> str:
     """The last non-empty segment of ``path``, without its query string."""
     return path.partition("?")[0].rstrip("/").rpartition("/")[2]
@@ -120,8 +130,11 @@ class Gate:
         cache_size: int = DEFAULT_MAX_ENTRIES,
         failed_check_budget: float = DEFAULT_RATE,
         metrics: CheckMetrics | None = None,
+        cors_denials: bool = False,
     ) -> None:
         self._snapshot = snapshot
+        # Whether the transports add CORS headers to denials (Settings.cors_denials).
+        self.cors_denials = cors_denials
         self.metrics = metrics if metrics is not None else CheckMetrics()
         self._allowed_valid = self.metrics.allowed_valid
         self._allowed_no_jwt = self.metrics.allowed_no_jwt

@@ -45,6 +45,7 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         cache_size=settings.cache_size,
         failed_check_budget=settings.failed_check_budget,
         metrics=metrics,
+        cors_denials=settings.cors_denials,
     )
     service = AuthorizationService.for_gate(gate, forward_jwt=settings.forward_jwt)
     metrics.registry.register(StateCollector(store, gate.verifier))

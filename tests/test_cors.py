@@ -255,6 +255,10 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
+    header_list: tuple[tuple[str, str], ...] = ()
+
+    def count(self, name: str) -> int:
+        return sum(1 for key, _ in self.header_list if key == name)
 
     @property
     def allowed_origin(self) -> str | None:
@@ -270,8 +274,8 @@ def ask(port: int, method: str, path: str, headers: dict[str, str]) -> Answer:
         body = None if method == "OPTIONS" else json.dumps(RPC)
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return Answer(response.status, headers, response.read())
+        header_list = tuple((name.lower(), value) for name, value in response.getheaders())
+        return Answer(response.status, dict(header_list), response.read(), header_list)
     finally:
         connection.close()
 
@@ -290,20 +294,32 @@ class Gateway:
     authz: AuthzProcess
     transport: str
 
-    def envoy(self, origins: list[str], authz_port: int | None = None) -> EnvoyProcess:
+    def envoy(
+        self,
+        origins: list[str],
+        authz_port: int | None = None,
+        *,
+        authz: AuthzProcess | None = None,
+        cors_after_ext_authz: bool = False,
+    ) -> EnvoyProcess:
+        authz = authz or self.authz
         if authz_port is None:
-            authz_port = self.authz.port_for(self.transport)
-        return EnvoyProcess(
-            render(
-                listen=Endpoint("127.0.0.1", 0),
-                authz=Endpoint("127.0.0.1", authz_port),
-                upstream=Endpoint("127.0.0.1", self.node.port),
-                admin=Endpoint("127.0.0.1", 0),
-                transport=self.transport,
-                authz_timeout_s=0.2,
-                cors_origins=origins,
-            )
+            authz_port = authz.port_for(self.transport)
+        config = render(
+            listen=Endpoint("127.0.0.1", 0),
+            authz=Endpoint("127.0.0.1", authz_port),
+            upstream=Endpoint("127.0.0.1", self.node.port),
+            admin=Endpoint("127.0.0.1", 0),
+            transport=self.transport,
+            authz_timeout_s=0.2,
+            cors_origins=origins,
         )
+        if cors_after_ext_authz:
+            # Istio's order: its CUSTOM policies' ext_authz runs before its CORS filter.
+            filters = manager_of(config)["http_filters"]
+            cors = filters.pop(next(i for i, f in enumerate(filters) if f["name"] == CORS_FILTER))
+            filters.insert(filters.index(filters[-1]), cors)  # just before the router
+        return EnvoyProcess(config)
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)
@@ -551,3 +567,59 @@ def test_without_a_cors_filter_the_gates_preflight_answer_follows_the_projects_o
         assert refused.status == 403
         assert refused.allowed_origin is None  # the browser stops here
         assert refused.json()["message"] == ORIGIN_NOT_ALLOWED
+
+
+# --- a proxy whose CORS filter runs after ext_authz (Istio), and --cors-denials -----------------
+
+
+@pytest.fixture(scope="module")
+def cors_denials(
+    gateway: Gateway, tmp_path_factory: pytest.TempPathFactory, ec_key: PrivateKey
+) -> Iterator[AuthzProcess]:
+    """Another authz-server for the same projects, with AUTHZ_CORS_DENIALS=true."""
+    keys_dir = tmp_path_factory.mktemp("keys")
+    write_key(keys_dir / LOCKED, KID, ec_key)
+    with AuthzProcess(
+        keys_dir, "--http-listen", "127.0.0.1:0", env={"AUTHZ_CORS_DENIALS": "true"}
+    ) as authz:
+        yield authz
+
+
+def test_behind_istios_order_the_gate_answers_preflights_but_its_denials_lack_cors(
+    gateway: Gateway,
+) -> None:
+    with gateway.envoy(["*"], cors_after_ext_authz=True) as envoy:
+        preflight = ask(envoy.port, "OPTIONS", f"/eth/{LOCKED}", preflight_of(PAGE))
+        assert preflight.status == 204
+        assert preflight.allowed_origin == PAGE
+        denial = ask(envoy.port, "POST", f"/eth/{LOCKED}", call_from(PAGE))
+        assert denial.status == 403
+        assert denial.allowed_origin is None  # unreadable for the page: what the flag is for
+        served = ask(envoy.port, "POST", f"/eth/{OPEN}", call_from(PAGE))
+        assert served.allowed_origin == PAGE  # the node's answers pass the CORS filter
+
+
+def test_with_cors_denials_istios_order_lets_pages_read_the_denial(
+    gateway: Gateway, cors_denials: AuthzProcess
+) -> None:
+    with gateway.envoy(["*"], authz=cors_denials, cors_after_ext_authz=True) as envoy:
+        denial = ask(envoy.port, "POST", f"/eth/{LOCKED}", call_from(PAGE))
+        assert denial.status == 403
+        assert denial.allowed_origin == PAGE
+        assert denial.headers["vary"] == "origin"
+        assert denial.json() == {"code": -32013, "message": MISSING, "project": LOCKED}
+        other = ask(envoy.port, "POST", f"/eth/{LOCKED}", call_from(OTHER_PAGE))
+        assert other.allowed_origin == OTHER_PAGE  # each page its own origin, none cached
+        server = ask(envoy.port, "POST", f"/eth/{LOCKED}", {"content-type": "application/json"})
+        assert server.status == 403
+        assert server.allowed_origin is None  # no Origin, no CORS headers
+
+
+def test_with_cors_denials_behind_the_rendered_order_the_header_is_not_doubled(
+    gateway: Gateway, cors_denials: AuthzProcess
+) -> None:
+    with gateway.envoy(["*"], authz=cors_denials) as envoy:
+        denial = ask(envoy.port, "POST", f"/eth/{LOCKED}", call_from(PAGE))
+    assert denial.status == 403
+    assert denial.count("access-control-allow-origin") == 1
+    assert denial.allowed_origin == PAGE

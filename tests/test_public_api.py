@@ -40,7 +40,8 @@ PUBLIC_NAMES = {
     "authz_server.budget": ["BURST_SECONDS", "DEFAULT_RATE", "FailedCheckBudget"],
     "authz_server.gate": [
         "AUTHZ_PROJECT_HEADER", "EncodedAnswers", "FORGED_ALIASES", "JWT_KID_HEADER", "Gate",
-        "RequestFacts", "denial_body", "headers_to_remove", "project_from_path",
+        "cors_denial_headers", "RequestFacts", "denial_body", "headers_to_remove",
+        "project_from_path",
     ],
     "authz_server.cors": [
         "ALLOW_HEADERS", "ALLOW_METHODS", "ANY_ORIGIN", "MAX_AGE_S", "NO_CORS", "Preflight",

@@ -97,6 +97,18 @@ def register(commands: Subcommands) -> None:
         help="keep the Authorization header on allowed requests",
     )
     option(
+        "--cors-denials",
+        nargs="?",
+        const="true",
+        default="false",
+        type=flag,
+        help=(
+            "denials carry Access-Control-Allow-Origin for the request's Origin, so browser "
+            "pages can read them behind a proxy whose CORS filter runs after ext_authz "
+            "(Istio); leave off with envoy-config's configs, whose CORS filter does it"
+        ),
+    )
+    option(
         "--rescan-interval",
         default="1",
         type=positive_seconds,
@@ -317,6 +329,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         audience_suffix=args.audience_suffix,
         leeway=args.leeway,
         forward_jwt=args.forward_jwt,
+        cors_denials=args.cors_denials,
         rescan_interval=args.rescan_interval,
         threads=args.threads,
         grace=args.grace,

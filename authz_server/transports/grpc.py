@@ -34,6 +34,7 @@ from ..gate import (
     EncodedAnswers,
     Gate,
     RequestFacts,
+    cors_denial_headers,
     denial_body,
     headers_to_remove,
     project_from_path,
@@ -140,13 +141,14 @@ class AuthorizationService:
             http = attributes.request.http
             headers = http.headers
             project = project_of(attributes)
+            origin = headers.get("origin")
             decision = self._decide(
                 RequestFacts(
                     project,
                     headers.get("authorization"),
                     http.id,
                     http.method,
-                    headers.get("origin"),
+                    origin,
                     attributes.source.address.socket_address.address or None,
                     headers.get("access-control-request-method"),
                     headers.get("access-control-request-headers"),
@@ -160,6 +162,9 @@ class AuthorizationService:
                 return self._allowed(project, decision.kid)
             if isinstance(decision, Preflight):
                 return _encode_preflight(decision.origin)
+            if self.gate.cors_denials and (cors := cors_denial_headers(origin)):
+                # Per origin, so never kept: origins are the client's to choose.
+                return self._encode_denied(decision.reason, project, cors)
             return self._denied(decision.reason, project)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc).reason, project)
@@ -187,12 +192,14 @@ class AuthorizationService:
             ),
         ).SerializeToString()
 
-    def _encode_denied(self, reason: Reason, project: str) -> bytes:
+    def _encode_denied(
+        self, reason: Reason, project: str, extra: tuple[tuple[str, str], ...] = ()
+    ) -> bytes:
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=reason.message),
             denied_response=external_auth_pb2.DeniedHttpResponse(
                 status=_FORBIDDEN,
-                headers=[_JSON_CONTENT_TYPE],
+                headers=[_JSON_CONTENT_TYPE, *(_set_header(n, v) for n, v in extra)],
                 body=denial_body(reason, project),
             ),
         ).SerializeToString()

@@ -38,6 +38,7 @@ from ..gate import (
     JWT_KID_HEADER,
     EncodedAnswers,
     Gate,
+    cors_denial_headers,
     denial_body,
     headers_to_remove,
     project_from_path,
@@ -102,6 +103,9 @@ class _Encoder:
                 # (those of allowed_client_headers); the request goes no further.
                 headers = list(preflight_headers(decision.origin))
                 return _response("204 No Content", headers, b"", close=False)
+            if self.gate.cors_denials and (cors := cors_denial_headers(facts.origin)):
+                # Per origin, so never kept: origins are the client's to choose.
+                return self._encode_denied(decision.reason, project, cors)
             return self._denied(decision.reason, project)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything; message not logged
             return self._denied(self.gate.fail(project, exc, facts.request_id).reason, project)
@@ -125,9 +129,12 @@ class _Encoder:
         headers.append(("x-envoy-auth-headers-to-remove", to_remove))
         return _response("200 OK", headers, b"", close=False)
 
-    def _encode_denied(self, reason: Reason, project: str) -> bytes:
+    def _encode_denied(
+        self, reason: Reason, project: str, extra: tuple[tuple[str, str], ...] = ()
+    ) -> bytes:
         body = denial_body(reason, project).encode()
-        return _response("403 Forbidden", [("content-type", "application/json")], body, close=False)
+        headers = [("content-type", "application/json"), *extra]
+        return _response("403 Forbidden", headers, body, close=False)
 
 
 def _without_body(response: bytes) -> bytes:
