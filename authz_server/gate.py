@@ -59,8 +59,7 @@ log = logging.getLogger("authz_server.service")
 _NOT_READY: Final = Denied(Reason.NOT_READY)
 _OPEN: Final = Allowed(kid=None)
 _INVALID_SETTINGS: Final = Denied(Reason.INVALID_SETTINGS)
-# Effective policies kept per settings object (a safety net; one per project in use).
-_MAX_POLICIES: Final = 100_000
+
 # The longest project text a denial body repeats: no valid id is longer.
 _MAX_SHOWN_PROJECT: Final = 128
 # Cap on each table of encoded answers (a safety net; real sizes are far lower).
@@ -141,7 +140,6 @@ class Gate:
         self._denied_counters = self.metrics.denied
         self._preflights = self.metrics.preflights
         self._would_deny = self.metrics.would_deny
-        self._policies: dict[int, tuple[ProjectSettings, Policy]] = {}
         self._observe = self.metrics.duration.observe
         self._clock = clock
         self.verifier = CachingVerifier(
@@ -232,7 +230,7 @@ class Gate:
         report_only = settings.report_only
         if refused is not None and not report_only:
             return Denied(refused)
-        policy = self._policy_for(settings)
+        policy = settings.policy_over(self.verifier.policy)
         decision = self.verifier.decide(
             facts.project,
             bearer_token(facts.authorization),
@@ -249,29 +247,6 @@ class Gate:
         if settings.claims_to_headers and isinstance(decision, Allowed):
             return self._with_claim_headers(decision, settings)
         return decision
-
-    def _policy_for(self, settings: ProjectSettings) -> Policy:
-        """The server's policy with the project's overrides, one object per settings
-        object: the verified-token cache keys its entries on it, so an entry verified
-        under other settings is never used."""
-        kept = self._policies.get(id(settings))
-        if kept is not None and kept[0] is settings:
-            return kept[1]
-        server = self.verifier.policy
-        policy = Policy(
-            leeway=server.leeway if settings.leeway is None else settings.leeway,
-            audience_suffix=(
-                server.audience_suffix
-                if settings.audience_suffix is None
-                else settings.audience_suffix
-            ),
-            max_token_lifetime=settings.max_token_lifetime,
-            claims_to_headers=settings.claims_to_headers,
-        )
-        if len(self._policies) >= _MAX_POLICIES:
-            self._policies.clear()
-        self._policies[id(settings)] = (settings, policy)
-        return policy
 
     @staticmethod
     def _with_claim_headers(decision: Allowed, settings: ProjectSettings) -> Allowed:

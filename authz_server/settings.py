@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
-from .verifier import Reason
+from .verifier import Policy, Reason
 
 __all__ = [
     "INVALID_SETTINGS",
@@ -57,7 +57,7 @@ MAX_SETTINGS_BYTES: Final = 64 * 1024
 # Bounds that keep a hand-edited file from turning the request path into a long scan.
 MAX_LIST_ENTRIES: Final = 1000
 MAX_CLAIM_HEADERS: Final = 20
-MAX_REMEMBERED_ADDRESSES: Final = 16_384
+MAX_REMEMBERED_VERDICTS: Final = 16_384
 # Headers of the gate's own, or that Envoy or an upstream read as the request's framing:
 # no claim may be sent upstream under these names.
 RESERVED_HEADERS: Final = frozenset({"x-jwt-kid", "x-authz-project"})
@@ -124,10 +124,14 @@ class ProjectSettings:
     _wildcards: tuple[tuple[str, str, str | None], ...] = field(
         init=False, repr=False, compare=False
     )
-    # Client address -> allowed, remembered: parsing an address and testing it against the
-    # networks costs ~4 µs, a look-up 0.1 µs, and clients repeat. Bounded; a reload makes
-    # new settings with an empty memory.
-    _ip_verdicts: dict[str, bool] = field(init=False, repr=False, compare=False)
+    # (client address, origin) -> denial, remembered: parsing an address and testing it
+    # against the networks costs ~4 µs, a look-up 0.1 µs, and clients repeat. Bounded; a
+    # reload makes new settings with an empty memory.
+    _verdicts: dict[tuple[str | None, str | None], Reason | None] = field(
+        init=False, repr=False, compare=False
+    )
+    # The server's policy and this project's over it, the last pair asked for.
+    _policy: tuple[Policy, Policy] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         exact: set[str] = set()
@@ -139,12 +143,26 @@ class ProjectSettings:
             else:
                 scheme, domain, port = wildcard.groups()
                 wildcards.append((scheme, "." + domain, port))
-        object.__setattr__(self, "_ip_verdicts", {})
+        object.__setattr__(self, "_verdicts", {})
+        object.__setattr__(self, "_policy", None)
         object.__setattr__(self, "_exact_origins", frozenset(exact))
         object.__setattr__(self, "_wildcards", tuple(wildcards))
 
     def request_denial(self, client_address: str | None, origin: str | None) -> Reason | None:
         """The IP allowlist, then the origin allowlist; the first that fails, or None."""
+        key = (client_address, origin)
+        verdicts = self._verdicts
+        try:
+            return verdicts[key]
+        except KeyError:
+            pass
+        verdict = self._request_denial(client_address, origin)
+        if len(verdicts) >= MAX_REMEMBERED_VERDICTS:
+            verdicts.clear()
+        verdicts[key] = verdict
+        return verdict
+
+    def _request_denial(self, client_address: str | None, origin: str | None) -> Reason | None:
         if self.allowed_ips is not None and not self.ip_allowed(client_address):
             return Reason.IP_NOT_ALLOWED
         allowed_origins = self.allowed_origins
@@ -159,19 +177,26 @@ class ProjectSettings:
     def ip_allowed(self, client_address: str | None) -> bool:
         """Whether the client's address is in ``allowed_ips`` (an unknown address never
         is). Only meaningful when ``allowed_ips`` is set."""
-        if client_address is None:
-            return False
-        verdicts = self._ip_verdicts
-        verdict = verdicts.get(client_address)
-        if verdict is None:
-            address = client_ip(client_address)
-            verdict = address is not None and any(
-                address in network for network in self.allowed_ips or ()
-            )
-            if len(verdicts) >= MAX_REMEMBERED_ADDRESSES:
-                verdicts.clear()
-            verdicts[client_address] = verdict
-        return verdict
+        address = client_ip(client_address)
+        return address is not None and any(address in network for network in self.allowed_ips or ())
+
+    def policy_over(self, server: Policy) -> Policy:
+        """The server's policy with this project's overrides; the same object for the same
+        server policy (the verified-token cache keys its entries on it, so an entry verified
+        under other settings, which are another object, is never used)."""
+        kept = self._policy
+        if kept is not None and kept[0] is server:
+            return kept[1]
+        policy = Policy(
+            leeway=server.leeway if self.leeway is None else self.leeway,
+            audience_suffix=(
+                server.audience_suffix if self.audience_suffix is None else self.audience_suffix
+            ),
+            max_token_lifetime=self.max_token_lifetime,
+            claims_to_headers=self.claims_to_headers,
+        )
+        object.__setattr__(self, "_policy", (server, policy))
+        return policy
 
     def origin_allowed(self, origin: str) -> bool:
         """Whether ``origin`` (the header as sent) is listed, exactly or under a wildcard.
