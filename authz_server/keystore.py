@@ -680,7 +680,12 @@ def _log_refusals(
         total,
         "" if total == 1 else "s",
         "; ".join(parts),
-        "" if total <= _LOGGED_FILES_PER_REASON else " (each one: authz-server keys list)",
+        ""
+        if total <= _LOGGED_FILES_PER_REASON
+        else (
+            " (each one: authz-server keys list --keys-dir "
+            f"{printable(directory.parent)} --project {printable(project)})"
+        ),
         extra={
             "event": "keys_refused",
             "project": printable(project),

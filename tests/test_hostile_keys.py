@@ -661,7 +661,10 @@ def test_3000_garbage_files_cost_one_line_in_all_and_the_one_key_works(
     assert kids(store) == {"good"}
     (summary,) = [r.getMessage() for r in all_logs.records if "refused" in r.getMessage()]
     assert f"project {PROJECT}: 3000 key files refused: " in summary
-    assert summary.endswith(" and 2997 more (each one: authz-server keys list)")
+    assert summary.endswith(
+        f" and 2997 more (each one: authz-server keys list --keys-dir {two_projects_dir} "
+        f"--project {PROJECT})"
+    )
     assert len(store.snapshot.projects[PROJECT].refused) == 3000
 
 

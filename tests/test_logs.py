@@ -264,6 +264,7 @@ def test_the_summary_line_stays_short_with_many_distinct_reasons(
     assert summary["refused"] == 12
     assert len(summary["reasons"]) == 8
     assert summary["message"].endswith(
-        "4 more for 4 other reasons (each one: authz-server keys list)"
+        "4 more for 4 other reasons (each one: authz-server keys list "
+        f"--keys-dir {tmp_path} --project {project.name})"
     )
     assert len(summary["message"]) < 2000
