@@ -62,6 +62,8 @@ def client_from_forwarded_for(forwarded_for: str | None, trusted_hops: int = 0) 
     """
     if not forwarded_for or trusted_hops < 0:
         return None
+    if trusted_hops == 0:  # the usual case, on every request: no list built
+        return forwarded_for[forwarded_for.rfind(",") + 1 :].strip() or None
     entries = forwarded_for.rsplit(",", trusted_hops + 1)
     if len(entries) < trusted_hops + 1:
         return None

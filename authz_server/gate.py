@@ -167,7 +167,8 @@ class Gate:
             if invalid is not None:
                 decision = Denied(invalid)
             elif (
-                facts.is_cors_preflight
+                facts.method == "OPTIONS"  # first: a field compare, where most requests stop
+                and facts.is_cors_preflight
                 and is_origin(facts.origin)
                 and self._preflight_allowed(facts)
             ):

@@ -142,16 +142,20 @@ class AuthorizationService:
             headers = http.headers
             project = project_of(attributes)
             origin = headers.get("origin")
+            method = http.method
+            # The Access-Control-Request-* headers only matter to a preflight (OPTIONS):
+            # not looked up for the other requests, the hot path.
+            preflight = method == "OPTIONS"
             decision = self._decide(
                 RequestFacts(
                     project,
                     headers.get("authorization"),
                     http.id,
-                    http.method,
+                    method,
                     origin,
                     attributes.source.address.socket_address.address or None,
-                    headers.get("access-control-request-method"),
-                    headers.get("access-control-request-headers"),
+                    headers.get("access-control-request-method") if preflight else None,
+                    headers.get("access-control-request-headers") if preflight else None,
                 )
             )
             if isinstance(decision, Allowed):

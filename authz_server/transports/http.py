@@ -262,9 +262,12 @@ class _Connection(asyncio.Protocol):
         # Repeats of these are joined as Envoy joins them (RFC 9110 section 5.3): an origin
         # list then matches nothing, and Envoy's own X-Forwarded-For entry stays the last.
         elif lowered == b"origin":
-            self._origin = _joined(self._origin, value)
+            origin = value.decode("latin-1")  # inline: on most requests, once per request
+            self._origin = origin if self._origin is None else f"{self._origin},{origin}"
         elif lowered == b"x-forwarded-for":
-            self._forwarded_for = _joined(self._forwarded_for, value)
+            forwarded = value.decode("latin-1")
+            previous = self._forwarded_for
+            self._forwarded_for = forwarded if previous is None else f"{previous},{forwarded}"
         elif lowered == b"access-control-request-method":
             self._cors_method = _joined(self._cors_method, value)
         elif lowered == b"access-control-request-headers":
