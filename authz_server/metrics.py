@@ -211,6 +211,25 @@ class StateCollector(Collector):
             refused.add_metric([code], count)
         yield refused
         yield CounterMetricFamily(
+            "authz_settings_refused",
+            "Project settings files refused when a project was (re)read.",
+            store.settings_refused,
+        )
+        settings = GaugeMetricFamily(
+            "authz_project_settings_refused",
+            "Projects whose settings file is refused right now (last good settings kept, or "
+            "every request denied if none ever loaded), by reason code (e.g. not_toml).",
+            labels=["reason"],
+        )
+        by_settings_code = collections.Counter(
+            keys.settings_refusal.code
+            for keys in snapshot.projects.values()
+            if keys.settings_refusal is not None
+        )
+        for code, count in sorted(by_settings_code.items()):
+            settings.add_metric([code], count)
+        yield settings
+        yield CounterMetricFamily(
             "authz_reloads", "Key directory scans completed.", store.reloads_completed
         )
         yield CounterMetricFamily(

@@ -914,7 +914,8 @@ def test_the_istio_http_provider_asks_the_overlays_http_port_as_the_gate_needs()
     assert "pathPrefix" not in http
     assert re.fullmatch(r"\d+(\.\d+)?(ms|s)", http["timeout"])
     assert {"authorization", "x-request-id"} <= set(http["includeRequestHeadersInCheck"])
-    assert http["headersToUpstreamOnAllow"] == ["x-jwt-kid", "x-authz-project"]
+    # x-jwt-kid, and the x-jwt-* claim headers of a project's claims_to_headers.
+    assert http["headersToUpstreamOnAllow"] == ["x-jwt-*", "x-authz-project"]
     assert "content-type" in http["headersToDownstreamOnDeny"]
     # The gate's own answer to a CORS preflight: what it reads, and what it answers with.
     preflight = {"origin", "access-control-request-method", "access-control-request-headers"}

@@ -13,10 +13,15 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httptools
 import pytest
+import yaml
 
+from authz_server.devtools.demo_upstream import JsonRpcNode
+from authz_server.devtools.envoy_config import Endpoint, render
+from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.gate import Gate
 from authz_server.keystore import KeyStore, Snapshot
 from authz_server.tokens import PrivateKey, mint
@@ -455,3 +460,73 @@ def test_the_metrics_listener_says_live_and_ready_and_not_ready_once_draining(
             assert client.ask(request("/eth/open-project")).status == 200
         finally:
             client.close()
+
+
+# -- the README's minimal Envoy config, run as it is ----------------------------------------
+
+
+def readme_http_filter() -> dict[str, Any]:
+    """The ext_authz filter of README's "The least an existing Envoy needs" block."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("The least an existing Envoy needs for the HTTP transport") :]
+    start = section.index("```yaml\n") + len("```yaml\n")
+    block = section[start : section.index("\n```", start)]
+    (http_filter,) = yaml.safe_load(block)
+    assert isinstance(http_filter, dict)
+    return http_filter
+
+
+def test_the_readmes_minimal_envoy_config_works_as_written(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    """The block operators paste into their own Envoy: put in place of the rendered
+    config's ext_authz filter, a valid token is allowed (the kid upstream, Authorization
+    gone), none gets the 403 JSON, and a project's allowed_ips sees Envoy's client address."""
+    write_key(keys_dir / PROJECT, KID, ec_key)
+    # Any known address passes "anywhere" (an unknown one, had Envoy not forwarded
+    # X-Forwarded-For, would not); none passes "fenced". Not 192.0.2.0/24 there: that test
+    # net is this sandbox's own, and Envoy reports a loopback client by its machine's address.
+    for project, allowed in (("anywhere", '"0.0.0.0/0", "::/0"'), ("fenced", '"198.51.100.0/24"')):
+        (keys_dir / project).mkdir()
+        (keys_dir / project / "settings.toml").write_text(f"allowed_ips = [{allowed}]\n")
+    token = mint(ec_key, KID, {})
+    with JsonRpcNode() as node, AuthzProcess(keys_dir, "--http-listen", "127.0.0.1:0") as authz:
+        config = render(
+            listen=Endpoint("127.0.0.1", 0),
+            authz=Endpoint("127.0.0.1", authz.http_port),
+            upstream=Endpoint("127.0.0.1", node.port),
+            admin=Endpoint("127.0.0.1", 0),
+            transport="http",
+        )
+        manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        filters = manager["typed_config"]["http_filters"]
+        (index,) = [i for i, f in enumerate(filters) if f["name"].endswith(".ext_authz")]
+        filters[index] = readme_http_filter()
+        with EnvoyProcess(config) as envoy:
+
+            def post(project: str, token: str | None = None) -> tuple[int, str, bytes]:
+                headers = {"content-type": "application/json"}
+                if token is not None:
+                    headers["authorization"] = f"Bearer {token}"
+                request = urllib.request.Request(
+                    f"{envoy.url}/eth/{project}", data=b"{}", headers=headers, method="POST"
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        return response.status, response.headers["content-type"], response.read()
+                except urllib.error.HTTPError as error:
+                    with error:
+                        return error.code, error.headers["content-type"], error.read()
+
+            assert post(PROJECT, token)[0] == 200
+            seen = node.requests[-1]
+            assert seen["x-jwt-kid"] == KID
+            assert seen["x-authz-project"] == PROJECT
+            assert "authorization" not in seen
+            status, content_type, body = post(PROJECT)
+            assert (status, content_type) == (403, "application/json")
+            assert json.loads(body)["message"] == Reason.MISSING_TOKEN.message
+            assert post("anywhere")[0] == 200
+            status, _content_type, body = post("fenced")
+            assert status == 403
+            assert json.loads(body)["message"] == "ip address not allowed"

@@ -278,6 +278,9 @@ def test_workers_on_port_zero_need_metrics_port_zero(
 def test_the_readme_table_is_every_series_exported_with_its_type_and_labels(
     key_and_junk_dir: Path,
 ) -> None:
+    # A refused settings file too, so that every labelled family has a series.
+    (key_and_junk_dir / OPEN_PROJECT).mkdir()
+    (key_and_junk_dir / OPEN_PROJECT / "settings.toml").write_text("not toml [\n")
     with AuthzProcess(key_and_junk_dir, "--metrics-listen", "127.0.0.1:0") as process:
         match = _METRICS.search(process.log)
         assert match, process.log
@@ -314,3 +317,19 @@ def test_no_created_series_in_either_format(key_and_junk_dir: Path, accept: str 
         text = scrape(match.group(1), accept)
     assert "authz_decisions_total" in text
     assert "_created" not in text
+
+
+def test_a_refused_settings_file_is_counted_and_shown_by_reason(
+    keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    write_key(keys_dir / PROJECT, KID, ec_key)
+    (keys_dir / PROJECT / "settings.toml").write_text("require_jwt = [\n")  # not TOML
+    (keys_dir / OPEN_PROJECT).mkdir()
+    (keys_dir / OPEN_PROJECT / "settings.toml").write_text("require_jwt = true\n")
+    with AuthzProcess(keys_dir, "--metrics-listen", "127.0.0.1:0") as process:
+        samples = parse(scrape(f"127.0.0.1:{process.metrics_port}"))
+    assert samples[("authz_settings_refused_total", ())] == 1
+    assert samples[("authz_project_settings_refused", (("reason", "not_toml"),))] == 1
+    assert [key for key in samples if key[0] == "authz_project_settings_refused"] == [
+        ("authz_project_settings_refused", (("reason", "not_toml"),))
+    ]
