@@ -90,6 +90,7 @@ PUBLIC_NAMES = {
     "authz_server.devtools.demo": [
         "DEMO_PROJECT", "DemoKey", "ensure_demo_key", "envoy_config", "main",
     ],
+    "authz_server.devtools.background": ["BackgroundHttpServer"],
     "authz_server.devtools.dapp": ["DappPage"],
     "authz_server.devtools.demo_upstream": ["JsonRpcNode", "main"],
     "authz_server.devtools.envoy_config": [

@@ -18,12 +18,12 @@ from __future__ import annotations
 import html
 import ipaddress
 import json
-import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from types import TracebackType
 from typing import Any, Final
+
+from .background import BackgroundHttpServer
 
 __all__ = ["DappPage"]
 
@@ -37,11 +37,13 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-class DappPage:
+class DappPage(BackgroundHttpServer):
     """The demo page and its token endpoint on ``ThreadingHTTPServer``; a context manager.
 
     ``endpoint`` is the URL the project id is appended to (``http://127.0.0.1:10000/eth/``).
     """
+
+    thread_name = "dapp-page"
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class DappPage:
         if not _is_loopback(host):
             # /token hands out valid tokens to whoever asks: never beyond this machine.
             raise ValueError(f"the demo dapp serves tokens, so loopback only; got {host!r}")
+        super().__init__(host, port)
         template = resources.files(__package__).joinpath(_PAGE).read_text(encoding="utf-8")
         self.page = (
             template.replace("%ENDPOINT%", html.escape(endpoint))
@@ -61,52 +64,9 @@ class DappPage:
             .encode()
         )
         self.mint_token = mint_token
-        self._address = (host, port)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def port(self) -> int:
-        """The bound port (the real one when constructed with port 0); 0 before ``start``."""
-        return self._server.server_address[1] if self._server is not None else 0
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._address[0]}:{self.port}/"
-
-    def start(self) -> DappPage:
-        if self._server is not None:
-            raise RuntimeError("DappPage is already started")
-        self._server = _Server(self._address, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"dapp-page:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
-
-    def __enter__(self) -> DappPage:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _make_server(self, address: tuple[str, int]) -> ThreadingHTTPServer:
+        return _Server(address, self)
 
 
 class _Server(ThreadingHTTPServer):

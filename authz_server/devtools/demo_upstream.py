@@ -18,11 +18,11 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Final
 
 from .._signals import StopSignals
 from ..config import Endpoint
+from .background import BackgroundHttpServer
 
 __all__ = ["JsonRpcNode", "main"]
 
@@ -37,69 +37,25 @@ _STATIC_RESULTS: Final = {"eth_chainId": "0x1", "net_version": "1"}
 _Response = dict[str, Any]
 
 
-class JsonRpcNode:
+class JsonRpcNode(BackgroundHttpServer):
     """A JSON-RPC node on ``ThreadingHTTPServer``; a context manager that starts and stops it."""
 
+    thread_name = "json-rpc-node"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, history: int = 1000) -> None:
-        self._address = (host, port)
+        super().__init__(host, port)
         self._lock = threading.Lock()
         self._requests: deque[dict[str, str]] = deque(maxlen=history)
         self._block = _FIRST_BLOCK
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def host(self) -> str:
-        return self._address[0]
-
-    @property
-    def port(self) -> int:
-        """The bound port (the real one when constructed with port 0); 0 before ``start``."""
-        return self._server.server_address[1] if self._server is not None else 0
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+    def _make_server(self, address: tuple[str, int]) -> ThreadingHTTPServer:
+        return _Server(address, self)
 
     @property
     def requests(self) -> list[dict[str, str]]:
         """Headers of the most recent requests, oldest first, names lower-cased."""
         with self._lock:
             return list(self._requests)
-
-    def start(self) -> JsonRpcNode:
-        if self._server is not None:
-            raise RuntimeError("JsonRpcNode is already started")
-        self._server = _Server(self._address, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"json-rpc-node:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
-
-    def __enter__(self) -> JsonRpcNode:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _record(self, headers: dict[str, str]) -> None:
         with self._lock:
