@@ -52,6 +52,7 @@ from .settings import (
     SettingsRejected,
     read_settings_file,
 )
+from .smallfile import FileRefused, read_small_file
 
 __all__ = [
     "MAX_KEYS_PER_PROJECT",
@@ -767,22 +768,10 @@ def read_key_file(path: Path, kid: str, mode: int, size: int) -> VerifyKey:
     if size > MAX_KEY_FILE_BYTES:
         raise KeyRejected("too_large", f"file larger than {MAX_KEY_FILE_BYTES} bytes")
     try:
-        # O_NONBLOCK: if the file was swapped for a FIFO since the stat, never hang.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
+        data = read_small_file(path, MAX_KEY_FILE_BYTES)
+    except FileNotFoundError as exc:  # deleted since the stat
         raise KeyRejected("cannot_open", f"cannot open ({exc.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise KeyRejected("not_regular_file", "not a regular file")
-        chunks: list[bytes] = []
-        remaining = MAX_KEY_FILE_BYTES + 1
-        while remaining > 0 and (chunk := os.read(fd, remaining)):
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-    except OSError as exc:
-        raise KeyRejected("cannot_read", f"cannot read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
+    except FileRefused as exc:
+        raise KeyRejected(exc.code, exc.reason) from None
     alg, public_key = parse_public_key(data)
     return VerifyKey(kid=kid, alg=alg, public_key=public_key)

@@ -26,15 +26,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import os
 import re
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
+from .smallfile import FileRefused, read_small_file
 from .verifier import Policy, Reason
 
 __all__ = [
@@ -397,25 +396,10 @@ def read_settings_file(path: Path) -> ProjectSettings:
     """The settings in ``path`` (links followed); :class:`SettingsRejected` for a file
     that cannot be read or used. :class:`FileNotFoundError` when there is none."""
     try:
-        # O_NONBLOCK: a FIFO put in its place must never hang the reload.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise SettingsRejected("cannot_open", f"cannot open ({exc.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SettingsRejected("not_regular_file", "not a regular file")
-        chunks: list[bytes] = []
-        remaining = MAX_SETTINGS_BYTES + 1
-        while remaining > 0 and (chunk := os.read(fd, remaining)):
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except OSError as exc:
-        raise SettingsRejected("cannot_read", f"cannot read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
-    return parse_settings(b"".join(chunks))
+        data = read_small_file(path, MAX_SETTINGS_BYTES)
+    except FileRefused as exc:
+        raise SettingsRejected(exc.code, exc.reason) from None
+    return parse_settings(data)
 
 
 def _toml_value(value: object) -> str:

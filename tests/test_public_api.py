@@ -48,6 +48,7 @@ PUBLIC_NAMES = {
         "cors_origins", "is_origin", "preflight_headers",
     ],
     "authz_server.facts": ["RequestFacts", "client_from_forwarded_for"],
+    "authz_server.smallfile": ["FileRefused", "read_small_file"],
     "authz_server.settings": [
         "INVALID_SETTINGS", "MAX_SETTINGS_BYTES", "NO_SETTINGS", "RESERVED_HEADERS",
         "SETTINGS_FILE", "ProjectSettings", "SettingsRejected", "client_ip", "parse_duration",
