@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from authz_server.keys import VerifyKey, parse_public_key
 from authz_server.tokens import PrivateKey, b64url, mint, public_pem
@@ -110,3 +111,46 @@ def readme_shell_block(title: str) -> str:
     section = readme_section(title)
     start = section.index("```sh\n") + len("```sh\n")
     return section[start : section.index("```", start)]
+
+
+# A JSON-RPC call, as the end-to-end tests POST it through Envoy.
+RPC_CALL: Final = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []})
+
+
+class Reply(NamedTuple):
+    """What came back: the status, the headers (names lower-cased) and the body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+def post(
+    port: int,
+    path: str,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    body: str = RPC_CALL,
+    timeout: float = 10.0,
+) -> Reply:
+    """POST ``body`` as JSON to ``127.0.0.1:port`` (Envoy, in the end-to-end tests), with
+    ``token`` as a Bearer token and ``headers`` on top; any status is an answer."""
+    sent = {"content-type": "application/json", **(headers or {})}
+    if token is not None:
+        sent["authorization"] = f"Bearer {token}"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=body, headers=sent)
+        response = connection.getresponse()
+        received = {name.lower(): value for name, value in response.getheaders()}
+        return Reply(response.status, received, response.read())
+    finally:
+        connection.close()

@@ -3,7 +3,6 @@ running service and a real Envoy in front of a JSON-RPC node answering alongside
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
@@ -21,12 +20,13 @@ from authz_server.keystore import MAX_KEYS_PER_PROJECT
 from authz_server.tokens import mint, public_pem
 from authz_server.verifier import Reason, deny_body
 from tests.authz_process import AuthzProcess, authz_server_binary
-from tests.support import TRANSPORTS, wait_for
+from tests.support import TRANSPORTS, post, wait_for
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 RELOAD_DEADLINE = 1.0  # docs/contract.md: a key change takes effect within 1 second
 LOOPBACK_0 = Endpoint("127.0.0.1", 0)
 EMPTY_CONFIGURATION = Reason.UNKNOWN_KEY_ID.message
+CHAIN_ID = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"})
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -72,18 +72,8 @@ class Stack:
 
     def post(self, project: str, token: str) -> tuple[int, object]:
         """A JSON-RPC call through Envoy: (status, decoded JSON body)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.envoy.port, timeout=10)
-        try:
-            connection.request(
-                "POST",
-                f"/eth/{project}",
-                body=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}),
-                headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
-            )
-            response = connection.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            connection.close()
+        reply = post(self.envoy.port, f"/eth/{project}", token=token, body=CHAIN_ID)
+        return reply.status, reply.json()
 
     def allows(self, project: str, token: str) -> bool:
         return self.post(project, token)[0] == 200

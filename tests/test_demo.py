@@ -95,8 +95,14 @@ def running_demo(cwd: Path, **env: str) -> Iterator[Demo]:
     finally:
         timer.cancel()
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            # Ctrl-C, as a user stops it: the demo stops its Envoy. A SIGKILL would leave
+            # that Envoy running, orphaned, after the test.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         if process.stdout is not None:
             process.stdout.close()
 

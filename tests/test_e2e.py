@@ -4,7 +4,6 @@ Every test of the stack runs twice: Envoy asking over gRPC, and over HTTP ext_au
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
@@ -27,20 +26,12 @@ from authz_server.devtools.envoy_process import EnvoyProcess
 from authz_server.tokens import PrivateKey, generate_private_key, mint, public_pem
 from authz_server.verifier import TABLE_REASONS, Reason
 from tests.authz_process import AuthzProcess
-from tests.support import TRANSPORTS, row_tokens, wait_for, write_key
+from tests.support import TRANSPORTS, Reply, post, row_tokens, wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
 ROUTED = "routed-project"
 KID = "54f26cb4-15a9-11ee-a1d8-0a58538e0d0c"
 SUFFIX = "example.com"
-RPC = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
-
-
-@dataclass
-class Reply:
-    status: int
-    content_type: str
-    body: dict[str, object]
 
 
 @dataclass
@@ -65,17 +56,7 @@ class Stack:
         )
 
     def post(self, path: str, token: str | None = None, **headers: str) -> Reply:
-        sent = {"content-type": "application/json", **headers}
-        if token is not None:
-            sent["authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(
-            self.envoy.url + path, data=json.dumps(RPC).encode(), headers=sent, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return Reply(response.status, response.headers["content-type"], _json(response))
-        except urllib.error.HTTPError as error:
-            return Reply(error.code, error.headers["content-type"], _json(error))
+        return post(self.envoy.port, path, token=token, headers=headers)
 
     def add_key(self, project: str, kid: str, key: PrivateKey) -> Path:
         directory = self.keys_dir / project
@@ -85,11 +66,6 @@ class Stack:
         path = directory / f"{kid}.pem"
         staging.rename(path)
         return path
-
-
-def _json(response: object) -> dict[str, object]:
-    data: dict[str, object] = json.loads(response.read())  # type: ignore[attr-defined]
-    return data
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)
@@ -118,7 +94,7 @@ def stack(
 def _denied(reply: Reply, reason: Reason, project: str = PROJECT) -> None:
     assert reply.status == 403
     assert reply.content_type == "application/json"
-    assert reply.body == {"code": -32013, "message": reason.message, "project": project}
+    assert reply.json() == {"code": -32013, "message": reason.message, "project": project}
 
 
 def test_a_valid_token_gets_the_nodes_answer(stack: Stack, ec_key: PrivateKey) -> None:
@@ -126,8 +102,8 @@ def test_a_valid_token_gets_the_nodes_answer(stack: Stack, ec_key: PrivateKey) -
     token = mint(ec_key, KID, {"exp": now + 60, "nbf": now - 60, "aud": f"rpc.{SUFFIX}"})
     reply = stack.post(f"/eth/{PROJECT}", token)
     assert reply.status == 200
-    assert reply.body["id"] == 1
-    assert str(reply.body["result"]).startswith("0x")
+    assert reply.json()["id"] == 1
+    assert str(reply.json()["result"]).startswith("0x")
 
 
 def test_envoy_asks_the_service_over_the_stacks_transport(stack: Stack) -> None:
@@ -229,8 +205,8 @@ def test_a_path_an_upstream_could_read_as_a_keyed_project_is_denied_and_never_fo
         reply = stack.post(f"/eth/{PROJECT}{suffix}", token)
         assert reply.status == 403
         assert reply.content_type == "application/json"
-        assert reply.body["code"] == -32013
-        assert reply.body["message"] == "invalid project id"
+        assert reply.json()["code"] == -32013
+        assert reply.json()["message"] == "invalid project id"
     assert len(stack.node.requests) == before
 
 
@@ -299,21 +275,12 @@ def test_a_wsgi_upstream_sees_only_the_gates_kid_and_project(
     upstream, envoy = wsgi_gate
     spoofed = {spelling: "forged", spelling.replace("jwt", "authz").replace("kid", "project"): "x"}
     headers = {"authorization": f"Bearer {mint(ec_key, KID, {})}", **spoofed}
-    assert _post(envoy.url + f"/eth/{PROJECT}", headers) == 200
+    assert post(envoy.port, f"/eth/{PROJECT}", headers=headers).status == 200
     assert upstream.environs[-1]["HTTP_X_JWT_KID"] == KID
     assert upstream.environs[-1]["HTTP_X_AUTHZ_PROJECT"] == PROJECT
-    assert _post(envoy.url + "/eth/open-project", spoofed) == 200
+    assert post(envoy.port, "/eth/open-project", headers=spoofed).status == 200
     assert "HTTP_X_JWT_KID" not in upstream.environs[-1]
     assert upstream.environs[-1]["HTTP_X_AUTHZ_PROJECT"] == "open-project"
-
-
-def _post(url: str, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(url, data=json.dumps(RPC).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 class _AllowEverything:
@@ -359,8 +326,8 @@ def test_the_rendered_routes_keep_such_paths_from_the_upstream_even_if_the_servi
                 reply = stack.post(f"/eth/{PROJECT}{suffix}")
                 assert reply.status == 403, suffix
                 assert reply.content_type == "application/json"
-                assert reply.body["message"] == "invalid project id"
-                assert reply.body["code"] == -32013
+                assert reply.json()["message"] == "invalid project id"
+                assert reply.json()["code"] == -32013
             assert node.requests == []
             assert stack.post(f"/eth/{PROJECT}").status == 200
             assert stack.post(f"/eth/{PROJECT}/?a=b;c").status == 200

@@ -28,6 +28,7 @@ from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.http import MAX_HEAD_BYTES, HttpGateServer
 from authz_server.verifier import TABLE_REASONS, Policy, Reason
 from tests.authz_process import AuthzProcess
+from tests.support import post as post_through
 from tests.support import row_tokens, wait_for, write_key
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
@@ -504,19 +505,9 @@ def test_the_readmes_minimal_envoy_config_works_as_written(
         filters[index] = readme_http_filter()
         with EnvoyProcess(config) as envoy:
 
-            def post(project: str, token: str | None = None) -> tuple[int, str, bytes]:
-                headers = {"content-type": "application/json"}
-                if token is not None:
-                    headers["authorization"] = f"Bearer {token}"
-                request = urllib.request.Request(
-                    f"{envoy.url}/eth/{project}", data=b"{}", headers=headers, method="POST"
-                )
-                try:
-                    with urllib.request.urlopen(request, timeout=10) as response:
-                        return response.status, response.headers["content-type"], response.read()
-                except urllib.error.HTTPError as error:
-                    with error:
-                        return error.code, error.headers["content-type"], error.read()
+            def post(project: str, token: str | None = None) -> tuple[int, str | None, bytes]:
+                reply = post_through(envoy.port, f"/eth/{project}", token=token)
+                return reply.status, reply.content_type, reply.body
 
             assert post(PROJECT, token)[0] == 200
             seen = node.requests[-1]

@@ -4,9 +4,7 @@ broken one, and the spoofing tries a client can make (none passes)."""
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
-import json
 import re
 import time
 import urllib.request
@@ -23,11 +21,10 @@ from authz_server.keydir import write_atomically
 from authz_server.settings import SETTINGS_FILE
 from authz_server.tokens import PrivateKey, mint
 from tests.authz_process import AuthzProcess
-from tests.support import MISSING, TRANSPORTS, UNKNOWN_KID, wait_for, write_key
+from tests.support import MISSING, TRANSPORTS, UNKNOWN_KID, post, wait_for, write_key
 from tests.test_http_transport import Client, request
 
 KID = "7b1d2a4e-0c55-4f0e-9a1b-3c2d4e5f6a7b"
-RPC = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []})
 # The issue's messages, spelled out here rather than taken from the code under test.
 IP_DENIED = "ip address not allowed"
 ORIGIN_DENIED = "origin not allowed"
@@ -68,17 +65,9 @@ class Stack:
 
     def post(self, project: str, token: str | None = None, **headers: str) -> Answer:
         """POST through Envoy; ``headers`` named with '_' for '-' (x_forwarded_for=...)."""
-        sent = {"content-type": "application/json"}
-        sent |= {name.replace("_", "-"): value for name, value in headers.items()}
-        if token is not None:
-            sent["authorization"] = f"Bearer {token}"
-        connection = http.client.HTTPConnection("127.0.0.1", self.envoy.port, timeout=10)
-        try:
-            connection.request("POST", f"/eth/{project}", body=RPC, headers=sent)
-            response = connection.getresponse()
-            return Answer(response.status, json.loads(response.read() or b"{}"))
-        finally:
-            connection.close()
+        sent = {name.replace("_", "-"): value for name, value in headers.items()}
+        reply = post(self.envoy.port, f"/eth/{project}", token=token, headers=sent)
+        return Answer(reply.status, reply.json() or {})
 
     def settings(self, project: str, text: str) -> None:
         directory = self.keys_dir / project

@@ -16,8 +16,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +34,15 @@ from authz_server.tokens import PrivateKey, mint
 from authz_server.transports.grpc import AuthorizationService
 from authz_server.verifier import Policy
 from tests.authz_process import AuthzProcess
-from tests.support import BAD_SIGNATURE, MISSING, TRANSPORTS, UNKNOWN_KID, wait_for, write_key
+from tests.support import (
+    BAD_SIGNATURE,
+    MISSING,
+    TRANSPORTS,
+    UNKNOWN_KID,
+    post,
+    wait_for,
+    write_key,
+)
 from tests.test_metrics import parse
 
 PROJECT = "2a8428f5a79b09aadff75a745397cf6d2f59d51e"
@@ -433,18 +439,7 @@ def test_require_mount_starts_on_a_mounted_keys_directory(
 
 
 def _post(envoy: EnvoyProcess, project: str, token: str | None) -> int:
-    headers = {"content-type": "application/json"}
-    if token is not None:
-        headers["authorization"] = f"Bearer {token}"
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []})
-    request = urllib.request.Request(
-        f"{envoy.url}/eth/{project}", data=body.encode(), headers=headers, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
+    return post(envoy.port, f"/eth/{project}", token=token).status
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
