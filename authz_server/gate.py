@@ -10,6 +10,7 @@ header, the request id, the origin, the client address, ...) in its own wire for
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -72,6 +73,7 @@ _UNBOUNDED_DENIALS: Final = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)  # the gate's own two, and the projects' claim headers
 def _aliases(header: str) -> tuple[str, ...]:
     """``header`` spelled with some of its '-' as '_': CGI and WSGI servers read every
     spelling as one name (``HTTP_X_JWT_KID``), so a client copy of any is a forgery."""
@@ -130,8 +132,14 @@ class Gate:
         failed_check_budget: float = DEFAULT_RATE,
         metrics: CheckMetrics | None = None,
         cors_denials: bool = False,
+        forward_jwt: bool = False,
     ) -> None:
         self._snapshot = snapshot
+        # A report-only project's request that would be denied passes without its token,
+        # unless tokens go upstream (--forward-jwt): a failed token is no node's business.
+        self._report_only_pass = Allowed(
+            kid=None, removed=() if forward_jwt else ("authorization",)
+        )
         # Whether the transports add CORS headers to denials (Settings.cors_denials).
         self.cors_denials = cors_denials
         self.metrics = metrics if metrics is not None else CheckMetrics()
@@ -244,7 +252,7 @@ class Gate:
             if would is not None:
                 self._count_would_deny(would, facts)
                 if isinstance(decision, Denied):
-                    decision = _OPEN
+                    decision = self._report_only_pass if entry.uses_jwt else _OPEN
         if settings.claims_to_headers and isinstance(decision, Allowed):
             return self._with_claim_headers(decision, settings)
         return decision

@@ -46,8 +46,11 @@ def running_gate(settings: Settings) -> Iterator[GateServer]:
         failed_check_budget=settings.failed_check_budget,
         metrics=metrics,
         cors_denials=settings.cors_denials,
+        forward_jwt=settings.forward_jwt,
     )
-    service = AuthorizationService.for_gate(gate, forward_jwt=settings.forward_jwt)
+    service = AuthorizationService.for_gate(
+        gate, forward_jwt=settings.forward_jwt, trusted_proxy_hops=settings.trusted_proxy_hops
+    )
     metrics.registry.register(StateCollector(store, gate.verifier))
     if settings.threads != THREADS_DEFAULT:
         log.warning(

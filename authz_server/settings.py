@@ -73,7 +73,12 @@ _HOST: Final = rf"{_LABEL}(?:\.{_LABEL})*"
 _ORIGIN: Final = re.compile(rf"(https?)://({_HOST}|\[[0-9a-f:.]+\])(?::(\d{{1,5}}))?")
 _WILDCARD: Final = re.compile(rf"(https?)://\*\.({_HOST})(?::(\d{{1,5}}))?")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-_CLAIM_HEADER: Final = re.compile(r"x-jwt-[a-z0-9]+(?:-[a-z0-9]+)*")
+# At most three words after x-jwt- (each header is removed in every '-'/'_' spelling a
+# client could send: 2^(words+1) of them), of at most 32 characters each.
+_CLAIM_HEADER: Final = re.compile(r"x-jwt-[a-z0-9]{1,32}(?:-[a-z0-9]{1,32}){0,2}")
+# The longest address or origin whose verdict is remembered (an IPv6 address with a zone,
+# an origin with a 253-character host and a port, fit).
+_MAX_REMEMBERED_TEXT: Final = 300
 _KEYS: Final = (
     "require_jwt",
     "allowed_origins",
@@ -149,6 +154,12 @@ class ProjectSettings:
 
     def request_denial(self, client_address: str | None, origin: str | None) -> Reason | None:
         """The IP allowlist, then the origin allowlist; the first that fails, or None."""
+        if self.allowed_ips is None:
+            if self.allowed_origins is None:
+                return None
+            client_address = None  # not judged: not part of the remembered verdict
+        elif self.allowed_origins is None:
+            origin = None
         key = (client_address, origin)
         verdicts = self._verdicts
         try:
@@ -156,9 +167,12 @@ class ProjectSettings:
         except KeyError:
             pass
         verdict = self._request_denial(client_address, origin)
-        if len(verdicts) >= MAX_REMEMBERED_VERDICTS:
-            verdicts.clear()
-        verdicts[key] = verdict
+        # Only verdicts on values of a real address's or origin's length are kept: the
+        # memory is for clients that repeat, not for whatever text a client sends.
+        if max(len(client_address or ""), len(origin or "")) <= _MAX_REMEMBERED_TEXT:
+            if len(verdicts) >= MAX_REMEMBERED_VERDICTS:
+                verdicts.clear()
+            verdicts[key] = verdict
         return verdict
 
     def _request_denial(self, client_address: str | None, origin: str | None) -> Reason | None:
@@ -338,7 +352,8 @@ def _claims_to_headers(value: object) -> tuple[tuple[str, str], ...]:
             raise SettingsRejected(
                 "bad_value",
                 f"claims_to_headers.{claim}: {header!r} is not a header name of the form "
-                "x-jwt-<name> (x-jwt-kid is the gate's own)",
+                "x-jwt-<name> (up to three words of 1 to 32 letters and digits joined by "
+                "'-'; x-jwt-kid is the gate's own)",
             )
         if name in seen:
             raise SettingsRejected("bad_value", f"claims_to_headers: {header!r} used twice")

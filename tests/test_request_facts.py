@@ -178,3 +178,18 @@ def test_a_cors_preflight_is_options_with_origin_and_requested_method(
 def test_http_trusted_proxy_hops_must_not_be_negative(gate: RecordingGate) -> None:
     with pytest.raises(ValueError, match="trusted_proxy_hops"):
         HttpGateServer(gate, "127.0.0.1:0", trusted_proxy_hops=-1)
+
+
+def test_grpc_with_trusted_proxy_hops_takes_the_client_from_forwarded_for_as_http_does(
+    gate: RecordingGate,
+) -> None:
+    """Behind the operator's own load balancer, the CheckRequest's source is that balancer:
+    with --trusted-proxy-hops the client is the X-Forwarded-For entry that many left of the
+    one Envoy appended, as over HTTP; without, the source address."""
+    forwarded = {"x-forwarded-for": "198.51.100.1, 203.0.113.7, 10.0.0.2"}
+    asked = check_request(f"/eth/{PROJECT}", headers=forwarded, client_address="10.0.0.2")
+    AuthorizationService.for_gate(gate, trusted_proxy_hops=1).check(asked)
+    AuthorizationService.for_gate(gate).check(asked)
+    assert [facts.client_address for facts in gate.asked] == ["203.0.113.7", "10.0.0.2"]
+    with pytest.raises(ValueError, match="trusted_proxy_hops"):
+        AuthorizationService.for_gate(gate, trusted_proxy_hops=-1)

@@ -251,3 +251,37 @@ def test_rendering_refuses_what_would_not_load() -> None:
         render_settings({"allowed_origins": ["nope"]})
     with pytest.raises(SettingsRejected, match="unknown setting"):
         render_settings({"allow_ips": ["203.0.113.0/24"]})
+
+
+def test_verdicts_are_remembered_only_for_what_the_settings_judge_and_of_sane_length() -> None:
+    """The memory of (address, origin) verdicts is for clients that repeat: a project with
+    no allowlists keeps none, a part the settings do not judge is not part of the key, and
+    no text longer than an address or an origin can be is kept, whatever clients send."""
+    plain = parse_settings(b"require_jwt = true\n")
+    for index in range(100):
+        assert plain.request_denial(f"203.0.113.{index}", f"https://{index}.example") is None
+    assert len(plain._verdicts) == 0
+
+    ips = parse_settings(b'allowed_ips = ["203.0.113.0/24"]\n')
+    for index in range(100):
+        assert ips.request_denial("203.0.113.7", f"https://{index}.example") is None
+    assert len(ips._verdicts) == 1  # the origin is not judged, so not remembered
+
+    origins = parse_settings(b'allowed_origins = ["https://app.example.com"]\n')
+    for index in range(100):
+        long_origin = f"https://{'a' * 8000}{index}.example"
+        assert origins.request_denial("203.0.113.7", long_origin) is Reason.ORIGIN_NOT_ALLOWED
+    assert len(origins._verdicts) == 0
+
+
+@pytest.mark.parametrize(
+    "header", ["x-jwt-a-b-c-d", f"x-jwt-{'a' * 33}", "x-jwt-a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q"]
+)
+def test_a_claim_header_of_more_than_three_words_or_long_words_is_refused(header: str) -> None:
+    with pytest.raises(SettingsRejected, match="up to three words"):
+        parse_settings(f'[claims_to_headers]\nsub = "{header}"\n'.encode())
+
+
+def test_a_claim_header_of_three_words_is_accepted() -> None:
+    settings = parse_settings(b'[claims_to_headers]\nsub = "x-jwt-user-id-hash"\n')
+    assert settings.claims_to_headers == (("sub", "x-jwt-user-id-hash"),)

@@ -207,6 +207,19 @@ def test_report_only_passes_and_counts_what_it_would_deny(stack: Stack) -> None:
     wait_for(lambda: "would deny project=rollout reason=ip_not_allowed" in stack.authz.log, 2)
 
 
+def test_report_only_passes_a_failed_token_without_it(
+    stack: Stack, other_ec_key: PrivateKey
+) -> None:
+    """A token the project would refuse (here: signed by a key it does not have) passes in
+    report-only mode, but never reaches the upstream: a failed token is no node's business."""
+    reply = stack.post("rollout", token(other_ec_key), x_forwarded_for="203.0.113.7")
+    assert reply.status == 200
+    seen = stack.node.requests[-1]
+    assert seen.get("x-authz-project") == "rollout"
+    assert "authorization" not in seen
+    assert "x-jwt-kid" not in seen
+
+
 def test_a_file_that_never_loaded_denies_the_whole_project(stack: Stack) -> None:
     assert denied(stack.post("broken-at-start"), INVALID, "broken-at-start")
     assert "settings file" in stack.authz.log

@@ -81,9 +81,9 @@ def register(commands: Subcommands) -> None:
         default="0",
         type=non_negative_int,
         help=(
-            "HTTP ext_authz: proxies of yours in front of Envoy (as Envoy's "
-            "xff_num_trusted_hops); the client address for project IP allowlists is the "
-            "X-Forwarded-For entry that many places left of the one Envoy appends"
+            "proxies of yours in front of Envoy (as Envoy's xff_num_trusted_hops); with "
+            "any, the client address for project IP allowlists is the X-Forwarded-For "
+            "entry that many places left of the one Envoy appends, on both transports"
         ),
     )
     option("--audience-suffix", default="", help="when set, `aud` must end with it")

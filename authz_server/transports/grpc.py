@@ -2,7 +2,8 @@
 
 A thin encoder: it finds the request's facts in Envoy's ``CheckRequest`` (the project, the
 headers the gate reads, the method, and the client address from
-``attributes.source.address.socket_address.address``, Envoy's downstream remote address),
+``attributes.source.address.socket_address.address``, the peer of Envoy's downstream
+connection, or with ``trusted_proxy_hops`` from X-Forwarded-For as the HTTP transport does),
 asks the :class:`~authz_server.gate.Gate`, and turns the decision into a ``CheckResponse``.
 It never raises: anything unexpected becomes a denial (the gate fails closed).
 """
@@ -28,6 +29,7 @@ from ..budget import DEFAULT_RATE
 from ..cache import DEFAULT_MAX_ENTRIES
 from ..config import Endpoint
 from ..cors import Preflight, preflight_headers
+from ..facts import client_from_forwarded_for
 from ..gate import (
     AUTHZ_PROJECT_HEADER,
     JWT_KID_HEADER,
@@ -110,14 +112,22 @@ class AuthorizationService:
         self._serve(gate, forward_jwt)
 
     @classmethod
-    def for_gate(cls, gate: Gate, *, forward_jwt: bool = False) -> AuthorizationService:
-        """A servicer answering with ``gate``'s decisions (shared with other transports)."""
+    def for_gate(
+        cls, gate: Gate, *, forward_jwt: bool = False, trusted_proxy_hops: int = 0
+    ) -> AuthorizationService:
+        """A servicer answering with ``gate``'s decisions (shared with other transports).
+        ``trusted_proxy_hops``: proxies of the operator's own in front of Envoy; with any,
+        the client address is taken from X-Forwarded-For as over HTTP, since the
+        CheckRequest's source is then the nearest of those proxies."""
+        if trusted_proxy_hops < 0:
+            raise ValueError("trusted_proxy_hops must be 0 or more")
         service = cls.__new__(cls)
-        service._serve(gate, forward_jwt)
+        service._serve(gate, forward_jwt, trusted_proxy_hops)
         return service
 
-    def _serve(self, gate: Gate, forward_jwt: bool) -> None:
+    def _serve(self, gate: Gate, forward_jwt: bool, trusted_proxy_hops: int = 0) -> None:
         self.gate = gate
+        self._trusted_proxy_hops = trusted_proxy_hops
         self.metrics = gate.metrics
         self.verifier = gate.verifier
         self._decide = gate.decide
@@ -153,7 +163,13 @@ class AuthorizationService:
                     http.id,
                     method,
                     origin,
-                    attributes.source.address.socket_address.address or None,
+                    (
+                        client_from_forwarded_for(
+                            headers.get("x-forwarded-for"), self._trusted_proxy_hops
+                        )
+                        if self._trusted_proxy_hops
+                        else attributes.source.address.socket_address.address or None
+                    ),
                     headers.get("access-control-request-method") if preflight else None,
                     headers.get("access-control-request-headers") if preflight else None,
                 )
