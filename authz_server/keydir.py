@@ -44,12 +44,14 @@ from .keystore import (
     scan_projects,
 )
 from .settings import (
+    MAX_SETTINGS_BYTES,
     SETTINGS_FILE,
     ProjectSettings,
     SettingsRejected,
     parse_settings,
     render_settings,
 )
+from .smallfile import FileRefused, read_small_file
 
 __all__ = [
     "LOCK_NAME",
@@ -175,7 +177,13 @@ def remove_key(keys_dir: Path, project: str, kid: str, *, lock_when_last: bool =
         if lock_when_last and os.path.lexists(path):
             names = {name for name, _mtime, _mode, _size in _key_files(directory)}
             if names <= {path.name}:
-                _edit_settings_locked(directory, project, _require_jwt)
+                try:
+                    _edit_settings_locked(directory, project, _require_jwt)
+                except KeyDirError as exc:
+                    raise KeyDirError(
+                        f"key {kid} not removed: it is the last, so the project would be "
+                        f"locked first, and {exc}; or remove it with --open"
+                    ) from None
         try:
             path.unlink()
         except FileNotFoundError:
@@ -293,10 +301,15 @@ def _edit_settings_locked(
 ) -> ProjectSettings:
     path = directory / SETTINGS_FILE
     try:
-        values: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        # The server's own bounded, non-blocking read: a FIFO in the file's place must not
+        # hang the command (and every other holding the project's lock).
+        data = read_small_file(path, MAX_SETTINGS_BYTES)
+        if len(data) > MAX_SETTINGS_BYTES:
+            raise FileRefused("too_large", f"larger than {MAX_SETTINGS_BYTES} bytes")
+        values: dict[str, Any] = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         values = {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (FileRefused, OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise KeyDirError(
             f"project {project}: the settings file {path} cannot be read or is not TOML "
             f"({exc}); fix or remove it first"

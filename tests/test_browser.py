@@ -225,3 +225,13 @@ def test_a_projects_allowed_origins_let_its_page_in_and_refuse_another_readably(
             "project": PAGE_ONLY,
         }
     assert len(site.node.requests) == seen_before
+
+
+def test_the_page_sends_its_token_to_no_endpoint_off_this_machine(browser: Any, site: Site) -> None:
+    """?endpoint= may name another gate on this machine only: a link to the demo page with an
+    endpoint elsewhere would otherwise have the page send a fresh token there."""
+    open_page(browser, site.allowed_page, "http://192.0.2.1:9/eth/")
+    target = browser.execute_script("return target")
+    assert not target.startswith("http://192.0.2.1"), target
+    open_page(browser, site.allowed_page, site.endpoint(site.any_origin))
+    assert browser.execute_script("return target").startswith("http://127.0.0.1:")

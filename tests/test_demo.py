@@ -213,3 +213,28 @@ def test_make_run_renders_the_same_config_for_other_ports() -> None:
         for cluster in config["static_resources"]["clusters"]
     }
     assert ports == {"authz": 9101, "upstream": 8645}
+
+
+def test_the_dapp_page_answers_only_by_a_loopback_name() -> None:
+    """A page of another site whose name resolves to 127.0.0.1 (DNS rebinding) is the same
+    origin as its own name, not the demo's: it gets no page and no token."""
+    import http.client
+
+    from authz_server.devtools.dapp import DappPage
+
+    with DappPage("http://127.0.0.1:10000/eth/", DEMO_PROJECT, lambda: "a-token") as page:
+
+        def get(host: str) -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", page.port, timeout=5)
+            try:
+                connection.request("GET", "/token", headers={"host": host})
+                response = connection.getresponse()
+                return response.status, response.read()
+            finally:
+                connection.close()
+
+        assert get(f"127.0.0.1:{page.port}") == (200, b'{"token": "a-token"}')
+        assert get(f"localhost:{page.port}")[0] == 200
+        status, body = get(f"rebound.example:{page.port}")
+        assert status == 403
+        assert b"a-token" not in body

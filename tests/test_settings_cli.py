@@ -4,6 +4,7 @@ project's last key, and ``check --origin/--ip``."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -162,3 +163,49 @@ def test_check_shows_what_a_report_only_project_would_deny(
     result = cli("check", "--keys-dir", keys_dir, "--project", PROJECT, "Bearer")
     assert result.status == 0
     assert "allowed (report only; would be denied: missing JWT token)" in result.out
+
+
+def test_a_fifo_in_place_of_the_settings_file_is_refused_not_waited_on(
+    cli: Cli, keys_dir: Path
+) -> None:
+    """The tooling reads the settings file as the server does: bounded, never blocking (a
+    FIFO used to hang `project lock`, holding the project's lock)."""
+    (keys_dir / PROJECT).mkdir()
+    os.mkfifo(keys_dir / PROJECT / SETTINGS_FILE)
+    result = cli("project", "lock", "--keys-dir", keys_dir, PROJECT)
+    assert result.status == 1
+    assert "not a regular file" in result.err
+    assert "fix or remove it first" in result.err
+
+
+def test_removing_the_last_key_says_when_report_only_still_lets_requests_through(
+    cli: Cli, tmp_path: Path, keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    kid = add(cli, keys_dir, public_file(tmp_path, ec_key))
+    assert cli("project", "set", "--keys-dir", keys_dir, PROJECT, "report_only=true").status == 0
+    result = cli("keys", "remove", "--keys-dir", keys_dir, "--project", PROJECT, kid)
+    assert result.status == 0, result.err
+    assert "report_only = true: its requests still pass" in result.err
+
+
+def test_removing_the_last_key_with_open_says_an_earlier_lock_stays(
+    cli: Cli, tmp_path: Path, keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    kid = add(cli, keys_dir, public_file(tmp_path, ec_key))
+    assert cli("project", "lock", "--keys-dir", keys_dir, PROJECT).status == 0
+    result = cli("keys", "remove", "--keys-dir", keys_dir, "--project", PROJECT, kid, "--open")
+    assert result.status == 0, result.err
+    assert "is locked (require_jwt = true)" in result.err
+    assert "pass without a JWT" not in result.err
+
+
+def test_a_last_key_behind_a_refused_settings_file_is_kept_and_the_way_out_named(
+    cli: Cli, tmp_path: Path, keys_dir: Path, ec_key: PrivateKey
+) -> None:
+    kid = add(cli, keys_dir, public_file(tmp_path, ec_key))
+    (keys_dir / PROJECT / SETTINGS_FILE).write_text("foo = 1\n")  # TOML, but refused
+    result = cli("keys", "remove", "--keys-dir", keys_dir, "--project", PROJECT, kid)
+    assert result.status == 1
+    assert f"key {kid} not removed" in result.err
+    assert "--open" in result.err
+    assert (keys_dir / PROJECT / f"{kid}.pem").exists()

@@ -33,6 +33,7 @@ from ..keydir import (
 )
 from ..keys import MAX_KEY_FILE_BYTES, KeyRejected, VerifyKey, parse_public_key
 from ..keystore import MAX_KEYS_PER_PROJECT, KeyStore
+from ..settings import SETTINGS_FILE, ProjectSettings, SettingsRejected, read_settings_file
 from ._common import (
     CommandError,
     Subcommands,
@@ -230,15 +231,36 @@ def _keys_remove(args: argparse.Namespace) -> int:
     kid = require_key_id(args.kid)
     remaining = remove_key(keys_dir, project, kid, lock_when_last=not args.open)
     write_out(f"removed key {kid} from project {project}\n")
-    if remaining == 0 and args.open:
+    if remaining:
+        return 0
+    # What the project's settings now make of a project without keys (as the server reads
+    # them): --open may meet an earlier lock, and a lock may meet report_only.
+    try:
+        settings = read_settings_file(keys_dir / project / SETTINGS_FILE)
+    except FileNotFoundError:
+        settings = ProjectSettings()
+    except SettingsRejected as exc:
+        write_err(
+            f"warning: project {project} has no keys left; its settings file is refused "
+            f"({exc.reason}): see authz-server project show"
+        )
+        return 0
+    unlock = f"authz-server project unlock --keys-dir {shlex.quote(str(keys_dir))} {project}"
+    if not settings.require_jwt:
         write_err(
             f"warning: project {project} has no keys left: its requests now pass without a JWT"
         )
-    elif remaining == 0:
+    elif settings.report_only:
+        write_err(
+            f"warning: project {project} has no keys left and is locked (require_jwt = true), "
+            "but its settings say report_only = true: its requests still pass (counted as "
+            "would-deny); remove report_only to enforce the lock"
+        )
+    else:
         write_err(
             f"project {project} has no keys left and is locked (require_jwt = true): its "
-            "requests are denied until a key is added; to let them through without a JWT: "
-            f"authz-server project unlock --keys-dir {shlex.quote(str(keys_dir))} {project}"
+            f"requests are denied until a key is added; to let them through without a JWT: "
+            f"{unlock}"
         )
     return 0
 

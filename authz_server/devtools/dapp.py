@@ -28,6 +28,8 @@ from .background import BackgroundHttpServer
 __all__ = ["DappPage"]
 
 _PAGE: Final = "dapp.html"
+# The names the page may be reached by (the Host header, without its port).
+_LOOPBACK_NAMES: Final = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
 
 def _is_loopback(host: str) -> bool:
@@ -83,7 +85,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.partition("?")[0]
-        if path in ("/", "/index.html"):
+        host = (self.headers.get("host") or "").lower()
+        if host.rpartition(":")[0] not in _LOOPBACK_NAMES:
+            # A page of another site whose name resolves here (DNS rebinding) gets nothing,
+            # and above all no token.
+            self._send(
+                403, b"this demo page answers only as 127.0.0.1 or localhost\n", "text/plain"
+            )
+        elif path in ("/", "/index.html"):
             self._send(200, self.server.dapp.page, "text/html; charset=utf-8")
         elif path == "/token":
             token = json.dumps({"token": self.server.dapp.mint_token()}).encode()
