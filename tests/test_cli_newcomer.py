@@ -270,6 +270,8 @@ def test_the_help_pages_show_the_defaults_a_newcomer_asks_about() -> None:
         ("serve", ["--keys-dir", ".", "--leeway", "soon"]),
         ("health", ["--address", "nowhere"]),
         ("envoy-config", ["--workers", "0"]),
+        ("envoy-config", ["--admin", "bogus"]),
+        ("envoy-config", ["--admin", "1.2.3.4:99999"]),
         ("keygen", []),
         ("keys", []),
         ("keys add", ["--keys-dir", ".", "--project", "p"]),

@@ -100,7 +100,7 @@ def test_show_prints_the_settings_in_force_and_a_refused_files_reason(
     (keys_dir / PROJECT / SETTINGS_FILE).write_text("leeway = -1\n")
     shown = cli("project", "show", "--keys-dir", keys_dir, PROJECT)
     assert shown.status == 1
-    assert "none loaded: every request denied" in shown.out  # a fresh load: no last good
+    assert "none loaded: a server starting now denies every request" in shown.out
     assert "leeway: must be a finite number of seconds >= 0 (bad_value)" in shown.out
     empty = cli("project", "show", "--keys-dir", keys_dir, "another-project")
     assert (empty.status, "none (defaults)" in empty.out) == (0, True)

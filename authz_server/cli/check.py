@@ -42,8 +42,8 @@ _MAX_TOKEN_INPUT: Final = 1 << 20
 
 # The contract's messages are terse (and fixed); what each one means, in plain words.
 _PLAIN_WORDS: Final[dict[Reason, str]] = {
-    Reason.MISSING_TOKEN: "project {project} has keys, so every request needs "
-    "`Authorization: Bearer <JWT>`",
+    Reason.MISSING_TOKEN: "project {project} has keys, or is locked (require_jwt), so every "
+    "request needs `Authorization: Bearer <JWT>`",
     Reason.MALFORMED: "the token is not three base64url parts of JSON objects, or a claim "
     "has the wrong type (see header and claims)",
     Reason.UNSUPPORTED_ALGORITHM: "the header's alg must be exactly RS256 or ES256",

@@ -64,7 +64,8 @@ def register(commands: Subcommands) -> None:
         description="Change settings. Each VALUE is a TOML value (true, 30, "
         "'[\"203.0.113.0/24\"]', '{sub=\"x-jwt-sub\"}') or else taken as text (1h, "
         "https://app.example.com); `KEY=` removes the setting. Refused as a whole, "
-        "with the reason, when the server would refuse the result.",
+        "with the reason, when the server would refuse the result. The file is rewritten "
+        "from its values: comments in it are not kept.",
         epilog="examples:\n"
         f"  authz-server project set --keys-dir ./keys {_EXAMPLE_PROJECT} \\\n"
         "      'allowed_ips=[\"203.0.113.0/24\"]' max_token_lifetime=15m\n"
@@ -108,7 +109,12 @@ def _show(args: argparse.Namespace) -> int:
     refusal = None if entry is None else entry.settings_refusal
     path = keys_dir / project / SETTINGS_FILE
     if settings is None or settings.invalid:
-        state = "none (defaults)" if settings is None else "none loaded: every request denied"
+        state = (
+            "none (defaults)"
+            if settings is None
+            else "none loaded: a server starting now denies every request; a running one "
+            "keeps the last settings that loaded (see its log)"
+        )
     else:
         state = "in force" if refusal is None else "last good kept (the file is refused)"
     values = {} if settings is None or settings.invalid else _settings_values(settings)

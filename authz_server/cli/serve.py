@@ -210,7 +210,10 @@ def register(commands: Subcommands) -> None:
     )
     envoy_cmd.add_argument("--upstream", default="node:8545", type=host_port, help="the node")
     envoy_cmd.add_argument(
-        "--admin", default="127.0.0.1:9901", help="Envoy admin HOST:PORT, or 'none'"
+        "--admin",
+        default="127.0.0.1:9901",
+        type=_admin_address,
+        help="Envoy admin HOST:PORT, or 'none'",
     )
     envoy_cmd.add_argument(
         "--route",
@@ -346,13 +349,16 @@ def _serve_command(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def _admin_address(text: str) -> str:
+    """``--admin``: HOST:PORT, or ``none`` (any case) for no admin listener."""
+    return "none" if text.lower() == "none" else host_port(text)
+
+
 def _envoy_config_command(args: argparse.Namespace) -> int:
     from ..cors import cors_origins
     from ..devtools.envoy_config import ProjectRoute, as_yaml, render
 
-    admin = None
-    if args.admin.lower() != "none":
-        admin = Endpoint.parse(host_port(args.admin))
+    admin = None if args.admin == "none" else Endpoint.parse(args.admin)
     try:
         text = as_yaml(
             render(
