@@ -60,10 +60,12 @@ __all__ = [
     "add_key",
     "edit_settings",
     "key_rows",
+    "lock_settings",
     "project_names",
     "remove_key",
     "require_key_id",
     "require_project_id",
+    "unlock_settings",
     "write_atomically",
 ]
 
@@ -178,7 +180,7 @@ def remove_key(keys_dir: Path, project: str, kid: str, *, lock_when_last: bool =
             names = {name for name, _mtime, _mode, _size in _key_files(directory)}
             if names <= {path.name}:
                 try:
-                    _edit_settings_locked(directory, project, _require_jwt)
+                    _edit_settings_locked(directory, project, lock_settings)
                 except KeyDirError as exc:
                     raise KeyDirError(
                         f"key {kid} not removed: it is the last, so the project would be "
@@ -279,8 +281,14 @@ def _key_files(directory: Path) -> list[tuple[str, int, int, int]]:
     return sorted(files, key=lambda item: (item[1], item[0]))
 
 
-def _require_jwt(values: dict[str, Any]) -> None:
+def lock_settings(values: dict[str, Any]) -> None:
+    """An :func:`edit_settings` edit: the project requires a JWT (``require_jwt = true``)."""
     values["require_jwt"] = True
+
+
+def unlock_settings(values: dict[str, Any]) -> None:
+    """An :func:`edit_settings` edit: the project's ``require_jwt`` back to the default."""
+    values.pop("require_jwt", None)
 
 
 def edit_settings(

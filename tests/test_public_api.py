@@ -34,7 +34,8 @@ PUBLIC_NAMES = {
     ],
     "authz_server.keydir": [
         "LOCK_NAME", "KeyDirError", "KeyRow", "add_key", "edit_settings", "key_rows",
-        "project_names", "remove_key", "require_key_id", "require_project_id", "write_atomically",
+        "lock_settings", "project_names", "remove_key", "require_key_id", "require_project_id",
+        "unlock_settings", "write_atomically",
     ],
     "authz_server.cache": ["DEFAULT_MAX_ENTRIES", "MAX_CACHED_TOKEN_LENGTH", "CachingVerifier"],
     "authz_server.budget": ["BURST_SECONDS", "DEFAULT_RATE", "FailedCheckBudget"],

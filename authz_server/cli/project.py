@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import tomllib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ..keydir import edit_settings, require_project_id
+from ..keydir import edit_settings, lock_settings, require_project_id, unlock_settings
 from ..keystore import KeyStore
 from ..settings import SETTINGS_FILE, ProjectSettings
 from ._common import (
@@ -191,33 +193,22 @@ def _set(args: argparse.Namespace) -> int:
             else:
                 values[key] = value
 
-    settings = edit_settings(keys_dir, project, apply)
-    _report(project, settings)
-    return 0
+    return _edit(keys_dir, project, apply)
 
 
 def _lock(args: argparse.Namespace) -> int:
-    keys_dir = existing_keys_dir(args.keys_dir)
-    project = require_project_id(args.project)
-    settings = edit_settings(keys_dir, project, _set_require_jwt)
-    _report(project, settings)
-    return 0
+    return _edit(existing_keys_dir(args.keys_dir), require_project_id(args.project), lock_settings)
 
 
 def _unlock(args: argparse.Namespace) -> int:
     keys_dir = existing_keys_dir(args.keys_dir)
-    project = require_project_id(args.project)
-    settings = edit_settings(keys_dir, project, _drop_require_jwt)
-    _report(project, settings)
+    return _edit(keys_dir, require_project_id(args.project), unlock_settings)
+
+
+def _edit(keys_dir: Path, project: str, edit: Callable[[dict[str, Any]], None]) -> int:
+    """Apply ``edit`` to the project's settings (locked, atomic) and show the result."""
+    _report(project, edit_settings(keys_dir, project, edit))
     return 0
-
-
-def _set_require_jwt(values: dict[str, Any]) -> None:
-    values["require_jwt"] = True
-
-
-def _drop_require_jwt(values: dict[str, Any]) -> None:
-    values.pop("require_jwt", None)
 
 
 def _report(project: str, settings: ProjectSettings) -> None:
